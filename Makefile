@@ -1,0 +1,85 @@
+# diffuse: build, test, demo, bench.  `make test` and `make demo` install missing Debian
+# packages first (as root; otherwise they print the apt command to run).
+
+LUA        ?= lua5.4
+LUA_INCDIR ?= /usr/include/lua5.4
+CC         ?= cc
+OPT        ?= -O3
+CFLAGS     ?= $(OPT)
+WARN        = -std=c99 -Wall -Wextra -Wshadow -Wno-unused-parameter
+CPPFLAGS_DF = -D_POSIX_C_SOURCE=200809L -I$(LUA_INCDIR)
+# Only luaopen_diffuse_core is exported; internal cross-file symbols stay hidden.
+PICFLAGS    = -fPIC -fvisibility=hidden -fopenmp
+LIBFLAG    ?= -shared
+LIBS        = -lpng -lz -ldl -lm -fopenmp
+
+# luarocks passes these to `make install`; by hand they default to /usr/local.
+INST_PREFIX ?= /usr/local
+INST_LIBDIR ?= $(INST_PREFIX)/lib/lua/5.4
+INST_LUADIR ?= $(INST_PREFIX)/share/lua/5.4
+
+BUILD   ?= build
+SRCS     = $(wildcard src/*.c)
+OBJS     = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+MODULE   = $(BUILD)/diffuse/core.so
+
+DEPS_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpng-dev zlib1g-dev lua-busted dataset-fashion-mnist
+
+BUSTED  ?= busted
+SPEC_ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' LUA_CPATH='$(BUILD)/?.so;;'
+
+.PHONY: all test demo bench deps install clean check-asan check-valgrind fuzz
+
+all: $(MODULE)
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS_DF) $(WARN) $(CFLAGS) $(PICFLAGS) -c $< -o $@
+
+$(MODULE): $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIBFLAG) $(CFLAGS) $(PICFLAGS) -o $@ $(OBJS) $(LIBS)
+
+# Installs what is missing, or says the one command that would.
+deps:
+	@missing=""; \
+	for p in $(DEPS_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "diffuse needs:$$missing (Debian package names); install them with your package manager"; exit 1; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing:$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; \
+	else \
+	  echo "missing packages; run:  sudo apt-get install$$missing"; exit 1; \
+	fi
+
+test: deps all
+	@$(SPEC_ENV) $(BUSTED) --lua=$(LUA) $(if $(TAGS),--tags=$(TAGS)) $(SPECS)
+
+demo: deps all
+	@$(SPEC_ENV) $(LUA) examples/demo.lua
+
+bench: all
+	@for b in examples/bench/*.lua; do echo "== $$b"; $(SPEC_ENV) $(LUA) $$b || exit 1; done
+
+install: all
+	mkdir -p $(INST_LIBDIR)/diffuse $(INST_LUADIR)/diffuse
+	cp $(MODULE) $(INST_LIBDIR)/diffuse/core.so
+	cp lua/diffuse/*.lua $(INST_LUADIR)/diffuse/
+
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.  The sanitizer
+# runtime must be loaded before lua5.4 itself, hence LD_PRELOAD.
+ASAN_BUILD = build-asan
+check-asan:
+	$(MAKE) BUILD=$(ASAN_BUILD) OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" all
+	@$(SPEC_ENV:$(BUILD)=$(ASAN_BUILD)) LUA_CPATH='$(ASAN_BUILD)/?.so;;' \
+	  LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(BUSTED) --lua=$(LUA) --exclude-tags=noasan $(SPECS)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz
