@@ -72,14 +72,22 @@ install: all
 	cp lua/diffuse/*.lua $(INST_LUADIR)/diffuse/
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.  The sanitizer
-# runtime must be loaded before lua5.4 itself, hence LD_PRELOAD.
+# runtimes must be loaded before lua5.4 itself, hence LD_PRELOAD; subprocesses that specs
+# start inherit it and load the same instrumented module through DIFFUSE_BUILD.
 ASAN_BUILD = build-asan
-check-asan:
-	$(MAKE) BUILD=$(ASAN_BUILD) OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" all
-	@$(SPEC_ENV:$(BUILD)=$(ASAN_BUILD)) LUA_CPATH='$(ASAN_BUILD)/?.so;;' \
+ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+check-asan: deps
+	$(MAKE) BUILD=$(ASAN_BUILD) OPT="$(ASAN_FLAGS)" all
+	@LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' LUA_CPATH='$(ASAN_BUILD)/?.so;;' DIFFUSE_BUILD=$(ASAN_BUILD) \
 	  LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
-	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  $(BUSTED) --lua=$(LUA) --exclude-tags=noasan $(SPECS)
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(BUSTED) --lua=$(LUA) --cpath='$(ASAN_BUILD)/?.so' --exclude-tags=slow,install $(SPECS)
+
+# One representative spec under valgrind's memcheck (the default: the tensor spec).
+VALGRIND_SPEC ?= spec/tensor_spec.lua
+check-valgrind: all
+	@$(SPEC_ENV) valgrind --trace-children=yes --error-exitcode=1 --leak-check=no --suppressions=.valgrind.supp \
+	  $(LUA) $$(command -v $(BUSTED)) --lua=$(LUA) $(VALGRIND_SPEC)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz
