@@ -11,7 +11,8 @@ CPPFLAGS_DF = -D_POSIX_C_SOURCE=200809L -I$(LUA_INCDIR)
 # Only luaopen_diffuse_core is exported; internal cross-file symbols stay hidden.
 PICFLAGS    = -fPIC -fvisibility=hidden -fopenmp
 LIBFLAG    ?= -shared
-LIBS        = -lpng -lz -ldl -lm -fopenmp
+# -z nodelete: libgomp must not be unloaded under its idle worker threads when Lua closes.
+LIBS        = -lpng -lz -ldl -lm -fopenmp -Wl,-z,nodelete
 
 # luarocks passes these to `make install`; by hand they default to /usr/local.
 INST_PREFIX ?= /usr/local
