@@ -55,14 +55,14 @@ static inline void box_muller(uint32_t a, uint32_t b, float *z0, float *z1) {
 /* The 4 values of block `block` of a row: uniforms are the top 24 bits of each word times
  * 2^-24 (exact in float32, in [0, 1 - 2^-24]). */
 static inline void gen_block(df_rng_dist dist, uint32_t block, uint32_t draw, uint64_t row,
-                             uint32_t k0, uint32_t k1, float v[4]) {
+                             uint32_t k0, uint32_t k1, int need, float v[4]) {
   uint32_t w[4];
   philox(block, draw, (uint32_t)row, (uint32_t)(row >> 32), k0, k1, w);
   if (dist == DF_RNG_UNIFORM) {
     for (int q = 0; q < 4; q++) v[q] = (float)(w[q] >> 8) * 0x1p-24f;
   } else {
     box_muller(w[0], w[1], &v[0], &v[1]);
-    box_muller(w[2], w[3], &v[2], &v[3]);
+    if (need > 2) box_muller(w[2], w[3], &v[2], &v[3]); /* rows of 1 or 2 skip the 2nd pair */
   }
 }
 
@@ -103,7 +103,8 @@ const char *df_rng_fill(df_tensor *t, df_rng_dist dist, uint64_t seed, uint64_t 
     int64_t b = rem / sh[2], c = rem % sh[2];
     float v[4];
     for (int64_t j = j0; j < j1; j++) {
-      if ((j & 3) == 0) gen_block(dist, (uint32_t)(j >> 2), (uint32_t)draw, grow, k0, k1, v);
+      if ((j & 3) == 0)
+        gen_block(dist, (uint32_t)(j >> 2), (uint32_t)draw, grow, k0, k1, (int)(j1 - j), v);
       base[a * st[0] + b * st[1] + c * st[2]] = v[j & 3];
       if (++c == sh[2]) {
         c = 0;
