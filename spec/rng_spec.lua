@@ -138,6 +138,12 @@ describe("randn / rand layout", function()
     assert.same(diffuse.randn({ 5, 5 }, { seed = 0, offset = 0, draw = 0 }):totable(), diffuse.randn(5, 5):totable())
   end)
 
+  it("values depend on the shape only through the row length", function()
+    local a = diffuse.randn({ 5, 2, 3 }, { seed = 4 })
+    local b = diffuse.randn({ 5, 6 }, { seed = 4 })
+    assert.same(b:totable(), a:reshape(5, 6):totable())
+  end)
+
   it("an integral float seed is the same seed", function()
     assert.same(diffuse.randn(4, { seed = 2 }):totable(), diffuse.randn(4, { seed = 2.0 }):totable())
   end)
