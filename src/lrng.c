@@ -1,8 +1,5 @@
 /* Random tensors: diffuse.randn / rand, t:normal_ / t:uniform_, diffuse.Generator, and the
  * internal test hook diffuse._philox.  The arithmetic lives in rng.c. */
-/* dladdr and RTLD_NODELETE are GNU extensions (see pin_module). */
-#define _GNU_SOURCE
-#include <dlfcn.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -212,20 +209,7 @@ static int l_philox(lua_State *L) {
   return 4;
 }
 
-/* OpenMP keeps idle worker threads inside the OpenMP runtime after a parallel region.  When
- * Lua closes its state it dlclose()s this module, which unloads the runtime under those
- * threads and crashes the process at exit.  Marking the module never-unloaded (which keeps
- * its dependencies too) avoids that; linking with -Wl,-z,nodelete does the same. */
-static void pin_module(void) {
-  Dl_info info;
-  if (dladdr((void *)&pin_module, &info) && info.dli_fname) {
-    void *self = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-    (void)self; /* the extra reference is deliberately never released */
-  }
-}
-
 void df_open_rng(lua_State *L, int methods, int module) {
-  pin_module();
   static const luaL_Reg meth[] = {
     {"normal_", l_normal_}, {"uniform_", l_uniform_}, {NULL, NULL}};
   static const luaL_Reg mod[] = {
