@@ -8,6 +8,14 @@
 
 #define CHUNK ((size_t)1 << 20)
 
+/* zlib's message, without the "<path>: " it puts in front. */
+static const char *zerror(gzFile g, const char *path, int *code) {
+  const char *m = gzerror(g, code);
+  size_t n = strlen(path);
+  if (strncmp(m, path, n) == 0 && m[n] == ':' && m[n + 1] == ' ') m += n + 2;
+  return m;
+}
+
 /* Read exactly n bytes; on a short read say why (zlib's error, or plain truncation). */
 static int read_exact(gzFile g, unsigned char *buf, size_t n, const char *path, const char *what,
                       char *err, size_t errn) {
@@ -18,7 +26,7 @@ static int read_exact(gzFile g, unsigned char *buf, size_t n, const char *path, 
     int got = gzread(g, buf + done, (unsigned)want);
     if (got <= 0) {
       int code;
-      const char *zmsg = gzerror(g, &code);
+      const char *zmsg = zerror(g, path, &code);
       if (code == Z_ERRNO) snprintf(err, errn, "%s: %s", path, strerror(errno ? errno : EIO));
       else if (code != Z_OK) snprintf(err, errn, "%s: corrupt file: %s", path, zmsg);
       else snprintf(err, errn, "%s: file is truncated (in the %s)", path, what);
@@ -119,7 +127,7 @@ static int read_body(idx_reader *r, const char *path, df_idx_info *info, int64_t
   }
   int extra = gzread(r->g, r->buf, (unsigned)CHUNK);
   int code;
-  const char *zmsg = gzerror(r->g, &code);
+  const char *zmsg = zerror(r->g, path, &code);
   if (extra < 0 || (code != Z_OK && code != Z_STREAM_END)) {
     if (code == Z_ERRNO) snprintf(err, errn, "%s: %s", path, strerror(errno ? errno : EIO));
     else snprintf(err, errn, "%s: corrupt file: %s", path, zmsg);
@@ -146,8 +154,12 @@ int df_idx_read(const char *path, df_idx_info *info, int64_t count, float *dst, 
   int rc = read_body(&r, path, info, count, dst, scale, offset, err, errn);
   free(r.buf);
   int crc = gzclose_r(r.g);
+  if (rc == 0 && crc == Z_BUF_ERROR) { /* zlib's word for a stream that stopped early */
+    snprintf(err, errn, "%s: corrupt file: truncated gzip stream", path);
+    return -1;
+  }
   if (rc == 0 && crc != Z_OK) {
-    snprintf(err, errn, "%s: cannot close: error %d", path, crc);
+    snprintf(err, errn, "%s: cannot close: zlib error %d", path, crc);
     return -1;
   }
   return rc;

@@ -73,7 +73,8 @@ function M.fashion_mnist(opts)
   if images:dim() ~= 3 then
     return nil, ("%s: expected (N, H, W) images, got %d dimensions"):format(ipath, images:dim())
   end
-  local labels_t, nlabels = core._idx.read(lpath, limit)
+  -- all labels are read (a few kB) so that every one is checked, whatever the limit
+  local labels_t, nlabels = core._idx.read(lpath)
   if not labels_t then return nil, nlabels end
   if labels_t:dim() ~= 1 then
     return nil, ("%s: expected a 1-d list of labels, got %d dimensions"):format(lpath, labels_t:dim())
@@ -82,14 +83,15 @@ function M.fashion_mnist(opts)
     return nil, ("Fashion-MNIST %s split is inconsistent: %d images in %s but %d labels in %s"):format(
       split, nimages, ipath, nlabels, lpath)
   end
-  local labels = labels_t:totable()
-  for i = 1, #labels do
-    local v = math.tointeger(labels[i])
+  local all, labels = labels_t:totable(), {}
+  for i = 1, #all do
+    local v = math.tointeger(all[i])
     if v == nil or v < 0 or v > 9 then
-      return nil, ("%s: label %d is %s, expected 0..9"):format(lpath, i, tostring(labels[i]))
+      return nil, ("%s: label %d is %g, expected 0..9"):format(lpath, i, all[i])
     end
-    labels[i] = v
+    all[i] = v
   end
+  table.move(all, 1, images:size(1), 1, labels)
   local s = images:shape()
   local classes = {}
   for i, c in ipairs(CLASSES) do classes[i] = c end
