@@ -8,5 +8,7 @@ for k, v in pairs(core) do
 end
 M.Tensor = core.Tensor_methods
 M._VERSION = "diffuse scm"
+M.image = require("diffuse.image")
+M.data = require("diffuse.data")
 
 return M
