@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "ltensor.h"
-#include "png.h"
+#include "pngio.h"
 
 /* The value range an image is written from: "-1,1" (the model's space) or "0,1". */
 static void check_range(lua_State *L, int arg, const char *s, double *lo, double *hi) {

@@ -3,8 +3,10 @@
 local core = require("diffuse.core")
 
 local M = {}
+-- Public C functions; names starting with "_" are internal (used by the Lua wrappers and by
+-- specs through require("diffuse.core")).
 for k, v in pairs(core) do
-  if k ~= "Tensor_methods" then M[k] = v end
+  if k ~= "Tensor_methods" and k:sub(1, 1) ~= "_" then M[k] = v end
 end
 M.Tensor = core.Tensor_methods
 M._VERSION = "diffuse scm"

@@ -1,7 +1,7 @@
 /* PNG reading and writing with libpng.  libpng reports errors by longjmp to the point set
  * with setjmp(png_jmpbuf(...)); every function that calls setjmp here keeps its state in a
  * struct owned by its caller, so nothing it changes after setjmp lives in its own frame. */
-#include "png.h"
+#include "pngio.h"
 
 #include <errno.h>
 #include <math.h>
