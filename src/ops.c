@@ -3,9 +3,8 @@
  * Every kernel first reduces its views to a canonical 4-d layout: size-1 dimensions are
  * dropped and neighbouring dimensions that are contiguous in every view are merged, so a
  * dense tensor becomes one long row and a row broadcast over a matrix becomes rows with a
- * stride-0 outer dimension.  The work is then a list of tasks (a chunk of one row each),
- * which big tensors share out over OpenMP threads; the inner loops have stride-1
- * specialisations the compiler vectorises. */
+ * stride-0 outer dimension.  The work is then a list of tasks (a chunk of one row each);
+ * the inner loops have stride-1 specialisations the compiler vectorises. */
 #include "ops.h"
 
 #include <math.h>
@@ -18,12 +17,11 @@
 /* Elements per task: big enough to amortise the per-task offset arithmetic, small enough
  * to split a single long row between threads. */
 #define CHUNK 16384
-/* Only kernels bound by arithmetic (exp, log, tanh, sigmoid, silu, pow, sqrt) use OpenMP,
- * from this many elements on.  Cheap arithmetic and lincomb are bound by memory bandwidth:
- * on the 2-core development machine a second thread gained about 25% when the machine was
- * idle and lost 3-8x whenever the other core was busy.  Dynamic scheduling lets one thread
- * take over the chunks of a descheduled one. */
-#define PAR_MIN_MATH (1 << 15)
+/* Every kernel runs on the calling thread.  Measured on the 2-core development machine
+ * (4M floats): for memory-bound work (arithmetic, lincomb) a second OpenMP thread gained
+ * about 25% when the machine was idle; for exp, sigmoid, tanh and pow it gained nothing or
+ * lost 1.1-1.7x while the other core was busy, and memory-bound ones lost 3-8x, the second
+ * thread waiting for a scheduler time slice.  Threads may come back as an opt-in. */
 
 /* Kernels that are bound by arithmetic rather than memory get AVX2 and AVX-512 versions
  * chosen at load time (GCC function multi-versioning); the build itself stays baseline
@@ -134,18 +132,10 @@ void df_binary(df_tensor *out, const df_tensor *a, const df_tensor *b, df_binop 
   int64_t st[3][4];
   layout_of(out, in, 2, &lay, st);
   int64_t ntask = lay.rows * lay.nchunk;
-  if (op == DF_OP_POW && numel >= PAR_MIN_MATH && ntask > 1) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t t = 0; t < ntask; t++)
-      bin_chunk(op, task_len(&lay, t), out->data + task_offset(&lay, st[0], t), st[0][3],
-                a->data + task_offset(&lay, st[1], t), st[1][3],
-                b->data + task_offset(&lay, st[2], t), st[2][3], alpha);
-  } else {
-    for (int64_t t = 0; t < ntask; t++)
-      bin_chunk(op, task_len(&lay, t), out->data + task_offset(&lay, st[0], t), st[0][3],
-                a->data + task_offset(&lay, st[1], t), st[1][3],
-                b->data + task_offset(&lay, st[2], t), st[2][3], alpha);
-  }
+  for (int64_t t = 0; t < ntask; t++)
+    bin_chunk(op, task_len(&lay, t), out->data + task_offset(&lay, st[0], t), st[0][3],
+              a->data + task_offset(&lay, st[1], t), st[1][3],
+              b->data + task_offset(&lay, st[2], t), st[2][3], alpha);
 }
 
 /* ---- unary ---- */
@@ -186,10 +176,6 @@ static void un_chunk(df_unop op, int64_t n, float *o, int64_t so, const float *a
   }
 }
 
-static int is_cheap(df_unop op) {
-  return op == DF_OP_NEG || op == DF_OP_ABS || op == DF_OP_SQUARE || op == DF_OP_CLAMP;
-}
-
 void df_unary(df_tensor *out, const df_tensor *a, df_unop op, float p0, float p1) {
   int64_t numel = df_numel(out);
   if (numel == 0) return;
@@ -197,16 +183,9 @@ void df_unary(df_tensor *out, const df_tensor *a, df_unop op, float p0, float p1
   int64_t st[2][4];
   layout_of(out, a, 1, &lay, st);
   int64_t ntask = lay.rows * lay.nchunk;
-  if (!is_cheap(op) && numel >= PAR_MIN_MATH && ntask > 1) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t t = 0; t < ntask; t++)
-      un_chunk(op, task_len(&lay, t), out->data + task_offset(&lay, st[0], t), st[0][3],
-               a->data + task_offset(&lay, st[1], t), st[1][3], p0, p1);
-  } else {
-    for (int64_t t = 0; t < ntask; t++)
-      un_chunk(op, task_len(&lay, t), out->data + task_offset(&lay, st[0], t), st[0][3],
-               a->data + task_offset(&lay, st[1], t), st[1][3], p0, p1);
-  }
+  for (int64_t t = 0; t < ntask; t++)
+    un_chunk(op, task_len(&lay, t), out->data + task_offset(&lay, st[0], t), st[0][3],
+             a->data + task_offset(&lay, st[1], t), st[1][3], p0, p1);
 }
 
 /* ---- fused linear combination ---- */
@@ -305,9 +284,8 @@ static int64_t lc_offsets(const layout *lay, const int64_t (*st)[4], int nt, int
  * bytes: then it cannot stay cached anyway (the development machine has 32 MB of L3). */
 #define LC_STREAM_BYTES ((int64_t)32 << 20)
 
-/* One thread: the pass is bound by memory bandwidth, which one core nearly saturates with
- * streamed stores; a second thread gained about 25% on an idle machine but lost 3-8x
- * whenever the other core was busy (the shared 2-core development machine usually is). */
+/* One thread (see the note at the top): the pass is bound by memory bandwidth, which one
+ * core nearly saturates with streamed stores. */
 int df_lincomb(df_tensor *out, const df_tensor *ts, const double *c, int n) {
   if (n < 1) return -1;
   for (int k = 0; k < n; k++)
