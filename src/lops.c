@@ -4,7 +4,6 @@
  * `a:op(b)` returns a new tensor, `a:op_(b)` writes into a and returns it.  An in-place op
  * whose input shares storage with a through a different view (x:add_(x:t())) reads that
  * input from a temporary copy, so the result is the mathematical one. */
-#include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -249,20 +248,6 @@ static int l_max_abs_diff(lua_State *L) {
 
 /* ---- registration ---- */
 
-/* lua_close unloads this module with dlclose, which also unloads libgomp if nothing else
- * holds it, while OpenMP's idle worker threads still run its code: the process then dies
- * at exit with SIGSEGV.  Keep libgomp loaded for the life of the process.  (Linking the
- * module with -Wl,-z,nodelete would do the same for every dependency.) */
-static void pin_openmp_runtime(void) {
-#if defined(_OPENMP) && defined(RTLD_NOLOAD) && defined(RTLD_NODELETE)
-  static int done;
-  if (!done) {
-    done = 1;
-    (void)dlopen("libgomp.so.1", RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
-  }
-#endif
-}
-
 static void set_op(lua_State *L, int table, const char *name, lua_CFunction f, int op) {
   lua_pushinteger(L, op);
   lua_pushcclosure(L, f, 1);
@@ -281,7 +266,6 @@ void df_open_ops(lua_State *L, int methods, int module) {
     {"__add", DF_OP_ADD}, {"__sub", DF_OP_SUB}, {"__mul", DF_OP_MUL}, {"__div", DF_OP_DIV},
     {"__pow", DF_OP_POW}};
   char name[32];
-  pin_openmp_runtime();
   methods = lua_absindex(L, methods);
   module = lua_absindex(L, module);
   for (size_t i = 0; i < sizeof bins / sizeof bins[0]; i++) {

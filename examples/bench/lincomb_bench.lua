@@ -4,17 +4,8 @@
 -- repetitions, in GB/s (1e9 bytes/s), measured in the same run.  Target ratio >= 0.8.
 local diffuse = require("diffuse")
 
--- Wall-clock seconds: os.clock() adds up the CPU time of every OpenMP thread.
-local function wall_clock()
-  if diffuse.wtime then return diffuse.wtime end
-  local ok, system = pcall(require, "system")
-  if ok and system.monotime then return system.monotime end
-  local ok2, socket = pcall(require, "socket")
-  if ok2 and socket.gettime then return socket.gettime end
-  io.write("(no wall clock found: timing with os.clock, which overstates time with threads)\n")
-  return os.clock
-end
-local now = wall_clock()
+-- Wall-clock seconds (os.clock adds up the CPU time of every thread).
+local now = diffuse.wtime
 
 local N = 4 * 1024 * 1024
 local MB16 = N * 4
