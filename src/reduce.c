@@ -27,6 +27,7 @@ typedef struct {
 #define NBLK 256                   /* blocks combined per round (stack array) */
 #define PAR_MIN ((int64_t)1 << 17) /* below this many elements, stay on one thread */
 #define COLBLOCK 256               /* outputs per column-mode task */
+#define SHORT_RUN 16               /* runs shorter than this go column mode anyway */
 
 /* Sums with eight independent double accumulators on unit stride (so the compiler can keep
  * several additions in flight and vectorise), one accumulator otherwise. */
@@ -213,7 +214,7 @@ static double reduce_run(const float *x, int64_t n, int64_t s, const df_reduce_s
 }
 
 /* Column mode: m neighbouring outputs (element j at x + j*si), each reducing n values spaced
- * sn apart; rows are read in order. */
+ * sn apart; rows are read in order.  Result j goes to out[j * os]. */
 #define COLS(K0, BODY)                                                                      \
   do {                                                                                      \
     for (int64_t k = (K0); k < n; k++) {                                                    \
@@ -226,11 +227,11 @@ static double reduce_run(const float *x, int64_t n, int64_t s, const df_reduce_s
   } while (0)
 
 static void reduce_cols(const float *x, int64_t n, int64_t sn, int64_t m, int64_t si,
-                        const df_reduce_spec *sp, float *out, float *outi) {
+                        const df_reduce_spec *sp, float *out, float *outi, int64_t os) {
   double acc[COLBLOCK], acc2[COLBLOCK], cen[COLBLOCK];
-  int64_t id[COLBLOCK];
+  double pos[COLBLOCK]; /* index of the extremum so far */
   double dn = (double)n;
-  for (int64_t j = 0; j < m; j++) { acc[j] = 0; acc2[j] = 0; cen[j] = 0; id[j] = -1; }
+  for (int64_t j = 0; j < m; j++) { acc[j] = 0; acc2[j] = 0; cen[j] = 0; pos[j] = -1; }
   switch (sp->op) {
   case DF_RED_SUM:
   case DF_RED_MEAN:
@@ -244,11 +245,11 @@ static void reduce_cols(const float *x, int64_t n, int64_t sn, int64_t m, int64_
       for (int64_t j = 0; j < m; j++) acc[j] = NAN;
       break;
     }
-    for (int64_t j = 0; j < m; j++) { acc[j] = x[j * si]; id[j] = 0; }
+    for (int64_t j = 0; j < m; j++) { acc[j] = x[j * si]; pos[j] = 0; }
     if (sp->op == DF_RED_MAX)
-      COLS(1, if (v > acc[j] || (v != v && acc[j] == acc[j])) { acc[j] = v; id[j] = k; });
+      COLS(1, if (v > acc[j] || (v != v && acc[j] == acc[j])) { acc[j] = v; pos[j] = (double)k; });
     else
-      COLS(1, if (v < acc[j] || (v != v && acc[j] == acc[j])) { acc[j] = v; id[j] = k; });
+      COLS(1, if (v < acc[j] || (v != v && acc[j] == acc[j])) { acc[j] = v; pos[j] = (double)k; });
     break;
   case DF_RED_NORM: {
     double p = sp->p;
@@ -288,9 +289,9 @@ static void reduce_cols(const float *x, int64_t n, int64_t sn, int64_t m, int64_
     break;
   }
   if (out)
-    for (int64_t j = 0; j < m; j++) out[j] = (float)acc[j];
+    for (int64_t j = 0; j < m; j++) out[j * os] = (float)acc[j];
   if (outi)
-    for (int64_t j = 0; j < m; j++) outi[j] = (float)id[j];
+    for (int64_t j = 0; j < m; j++) outi[j * os] = (float)pos[j];
 }
 
 /* Merge dimensions [a, b) of t into one run: *size elements, *stride apart.  Returns -1 when
@@ -314,7 +315,19 @@ static int merge_dims(const df_tensor *t, int a, int b, int64_t *size, int64_t *
 
 int df_reduce_all(const df_tensor *t, const df_reduce_spec *s, double *value, int64_t *index) {
   int64_t n, st;
-  if (merge_dims(t, 0, t->ndim, &n, &st) != 0) return -1;
+  if (merge_dims(t, 0, t->ndim, &n, &st) != 0) {
+    /* Order does not matter except for the position of an extremum: try the dimensions
+     * sorted by decreasing stride (a transposed tensor is one run again). */
+    if (s->op == DF_RED_MIN || s->op == DF_RED_MAX) return -1;
+    df_tensor p = *t;
+    for (int i = 1; i < p.ndim; i++)
+      for (int j = i; j > 0 && llabs(p.stride[j]) > llabs(p.stride[j - 1]); j--) {
+        int64_t a = p.stride[j], b = p.shape[j];
+        p.stride[j] = p.stride[j - 1]; p.shape[j] = p.shape[j - 1];
+        p.stride[j - 1] = a; p.shape[j - 1] = b;
+      }
+    if (merge_dims(&p, 0, p.ndim, &n, &st) != 0) return -1;
+  }
   *value = reduce_run(t->data, n, st, s, 1, index);
   return 0;
 }
@@ -325,24 +338,26 @@ int df_reduce_dim(const df_tensor *t, int dim, const df_reduce_spec *s, float *v
   if (merge_dims(t, 0, dim, &O, &so) != 0 || merge_dims(t, dim + 1, t->ndim, &I, &si) != 0)
     return -1;
   if (s->op != DF_RED_MIN && s->op != DF_RED_MAX) indices = NULL;
-  /* With nothing inside, the outer dimension can play the inner role (a transposed view). */
-  if (I == 1 && O > 1 && llabs(so) < llabs(sn)) {
-    I = O; si = so;
-    O = 1; so = 0;
-  }
   int64_t nout = O * I;
   if (nout == 0) return 0;
   const float *x = t->data;
   int big = nout * n >= PAR_MIN;
-  if (I > 1 && n > 1 && llabs(si) < llabs(sn)) {
-    int64_t nb = (I + COLBLOCK - 1) / COLBLOCK;
+  /* Output q = o*I + j reads x + o*so + j*si + k*sn.  Column mode runs along whichever of
+   * o, j has the smaller stride, when that beats walking each run (or runs are short). */
+  int64_t aso = O > 1 ? llabs(so) : INT64_MAX, asi = I > 1 ? llabs(si) : INT64_MAX;
+  int64_t acol = aso < asi ? aso : asi;
+  if (nout > 1 && (acol < llabs(sn) || n < SHORT_RUN)) {
+    int col_is_o = aso < asi;
+    int64_t ncol = col_is_o ? O : I, scol = col_is_o ? so : si, ocol = col_is_o ? I : 1;
+    int64_t nrest = col_is_o ? I : O, srest = col_is_o ? si : so, orest = col_is_o ? 1 : I;
+    int64_t nb = (ncol + COLBLOCK - 1) / COLBLOCK;
 #pragma omp parallel for schedule(static) if (big)
-    for (int64_t task = 0; task < O * nb; task++) {
-      int64_t o = task / nb, j0 = (task % nb) * COLBLOCK;
-      int64_t m = I - j0 < COLBLOCK ? I - j0 : COLBLOCK;
-      int64_t q = o * I + j0;
-      reduce_cols(x + o * so + j0 * si, n, sn, m, si, s, values ? values + q : NULL,
-                  indices ? indices + q : NULL);
+    for (int64_t task = 0; task < nrest * nb; task++) {
+      int64_t r = task / nb, c0 = (task % nb) * COLBLOCK;
+      int64_t m = ncol - c0 < COLBLOCK ? ncol - c0 : COLBLOCK;
+      int64_t q = r * orest + c0 * ocol;
+      reduce_cols(x + r * srest + c0 * scol, n, sn, m, scol, s, values ? values + q : NULL,
+                  indices ? indices + q : NULL, ocol);
     }
   } else if (nout == 1) {
     int64_t idx;
