@@ -26,7 +26,7 @@ typedef struct {
 #define BLOCK ((int64_t)1 << 16)   /* elements per parallel block of a long run */
 #define NBLK 256                   /* blocks combined per round (stack array) */
 #define PAR_MIN ((int64_t)1 << 17) /* below this many elements, stay on one thread */
-#define COLBLOCK 256               /* outputs per column-mode task */
+#define COLBLOCK 1024              /* outputs per column-mode task (whole 4 KB rows stream) */
 #define SHORT_RUN 16               /* runs shorter than this go column mode anyway */
 
 /* Sums with eight independent double accumulators on unit stride (so the compiler can keep
