@@ -1,8 +1,6 @@
 /* Reductions as tensor methods: sum, mean, min, max, argmin, argmax, norm, logsumexp, var, std.
  * Without a dimension they return a Lua number (argmin/argmax: the 1-based row-major index);
  * with one they return a new tensor (min/max: values and 1-based indices). */
-#define _GNU_SOURCE /* dladdr, RTLD_NODELETE */
-#include <dlfcn.h>
 #include <math.h>
 
 #include "ltensor.h"
@@ -99,16 +97,6 @@ static int variance(lua_State *L, df_reduce_op op, const char *name) {
 static int r_var(lua_State *L) { return variance(L, DF_RED_VAR, "var"); }
 static int r_std(lua_State *L) { return variance(L, DF_RED_STD, "std"); }
 
-/* The reduction kernels run OpenMP threads.  When lua_close unloads core.so, libgomp goes
- * with it while its idle workers still run, and the process crashes at exit.  Pin the module
- * (and so libgomp) for the life of the process.  Temporary: linking core.so with
- * -Wl,-z,nodelete (Makefile) does the same for every file, and then this can go. */
-static void pin_module(void) {
-  Dl_info info;
-  if (dladdr((void *)&pin_module, &info) && info.dli_fname)
-    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-}
-
 void df_open_reduce(lua_State *L, int methods, int module) {
   static const luaL_Reg meth[] = {
     {"sum", r_sum}, {"mean", r_mean}, {"min", r_min}, {"max", r_max},
@@ -116,7 +104,6 @@ void df_open_reduce(lua_State *L, int methods, int module) {
     {"logsumexp", r_logsumexp}, {"var", r_var}, {"std", r_std},
     {NULL, NULL}};
   (void)module;
-  pin_module();
   lua_pushvalue(L, methods);
   luaL_setfuncs(L, meth, 0);
   lua_pop(L, 1);
