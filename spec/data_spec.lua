@@ -1,28 +1,9 @@
 local H = require("helper")
+local tmpdir, slurp, spit, exists = H.tmpdir, H.slurp, H.spit, H.exists
 local diffuse = H.diffuse
 local data = diffuse.data
 
 local REAL_DIR = "/usr/share/datasets/fashion-mnist"
-
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  assert(os.execute("mkdir '" .. p .. "'"))
-  return p
-end
-
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function spit(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
 
 -- IDX bytes: magic 0 0 dtype ndim, big-endian sizes, then the elements (a table of bytes).
 local function idx(dims, bytes, dtype)

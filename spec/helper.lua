@@ -80,5 +80,34 @@ function H.strided(t)
   return wide:select(2, 1)
 end
 
+-- ---- files ----
+
+-- A new empty temporary directory.
+function H.tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  assert(os.execute("mkdir '" .. p .. "'"))
+  return p
+end
+
+function H.slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function H.spit(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+function H.exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
 H.diffuse = diffuse
 return H

@@ -1,34 +1,9 @@
 local H = require("helper")
+local tmpdir, slurp, spit, exists = H.tmpdir, H.slurp, H.spit, H.exists
 local diffuse = H.diffuse
 local image = diffuse.image
 
 -- ---- small file utilities ----
-
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  assert(os.execute("mkdir '" .. p .. "'"))
-  return p
-end
-
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function spit(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
 
 local function listing(dir)
   local p = io.popen("ls -A '" .. dir .. "'")

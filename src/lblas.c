@@ -254,9 +254,7 @@ void df_open_blas(lua_State *L, int methods, int module) {
     {"matmul", l_matmul}, {"blas_info", l_blas_info}, {"set_threads", l_set_threads},
     {"get_threads", l_get_threads}, {"wtime", l_wtime},
     {NULL, NULL}};
-  lua_pushvalue(L, module);
-  luaL_setfuncs(L, mod, 0);
-  lua_pop(L, 1);
+  df_register(L, methods, NULL, module, mod);
   lua_pushcfunction(L, l_matmul);
   lua_setfield(L, methods, "matmul");
 }

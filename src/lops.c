@@ -284,12 +284,7 @@ void df_open_ops(lua_State *L, int methods, int module) {
   static const luaL_Reg mod[] = {
     {"lincomb", l_lincomb}, {"allclose", l_allclose}, {"max_abs_diff", l_max_abs_diff},
     {NULL, NULL}};
-  lua_pushvalue(L, methods);
-  luaL_setfuncs(L, meth, 0);
-  lua_pop(L, 1);
-  lua_pushvalue(L, module);
-  luaL_setfuncs(L, mod, 0);
-  lua_pop(L, 1);
+  df_register(L, methods, meth, module, mod);
   luaL_getmetatable(L, DF_TENSOR_MT);
   int mt = lua_gettop(L);
   for (size_t i = 0; i < sizeof mms / sizeof mms[0]; i++) set_op(L, mt, mms[i].name, mm_binary, mms[i].op);

@@ -103,8 +103,5 @@ void df_open_reduce(lua_State *L, int methods, int module) {
     {"argmin", r_argmin}, {"argmax", r_argmax}, {"norm", r_norm},
     {"logsumexp", r_logsumexp}, {"var", r_var}, {"std", r_std},
     {NULL, NULL}};
-  (void)module;
-  lua_pushvalue(L, methods);
-  luaL_setfuncs(L, meth, 0);
-  lua_pop(L, 1);
+  df_register(L, methods, meth, module, NULL);
 }

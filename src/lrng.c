@@ -218,12 +218,7 @@ void df_open_rng(lua_State *L, int methods, int module) {
   static const luaL_Reg gen_meth[] = {
     {"randn", g_randn}, {"rand", g_rand}, {"draw", g_draw}, {"set_draw", g_set_draw},
     {"seed", g_seed}, {"clone", g_clone}, {NULL, NULL}};
-  lua_pushvalue(L, methods);
-  luaL_setfuncs(L, meth, 0);
-  lua_pop(L, 1);
-  lua_pushvalue(L, module);
-  luaL_setfuncs(L, mod, 0);
-  lua_pop(L, 1);
+  df_register(L, methods, meth, module, mod);
   luaL_newmetatable(L, DF_GENERATOR_MT);
   luaL_newlib(L, gen_meth);
   lua_setfield(L, -2, "__index");

@@ -657,6 +657,19 @@ static int t_index(lua_State *L) {
   return 1;
 }
 
+void df_register(lua_State *L, int methods, const luaL_Reg *meth, int module, const luaL_Reg *mod) {
+  if (meth) {
+    lua_pushvalue(L, methods);
+    luaL_setfuncs(L, meth, 0);
+    lua_pop(L, 1);
+  }
+  if (mod) {
+    lua_pushvalue(L, module);
+    luaL_setfuncs(L, mod, 0);
+    lua_pop(L, 1);
+  }
+}
+
 void df_open_tensor(lua_State *L, int methods, int module) {
   static const luaL_Reg meth[] = {
     {"shape", t_shape}, {"size", t_size}, {"dim", t_dim}, {"numel", t_numel},
@@ -671,12 +684,7 @@ void df_open_tensor(lua_State *L, int methods, int module) {
     {"zeros", t_zeros}, {"ones", t_ones}, {"full", t_full}, {"arange", t_arange},
     {"linspace", t_linspace}, {"tensor", t_tensor},
     {NULL, NULL}};
-  lua_pushvalue(L, methods);
-  luaL_setfuncs(L, meth, 0);
-  lua_pop(L, 1);
-  lua_pushvalue(L, module);
-  luaL_setfuncs(L, mod, 0);
-  lua_pop(L, 1);
+  df_register(L, methods, meth, module, mod);
   luaL_getmetatable(L, DF_TENSOR_MT);
   lua_pushvalue(L, methods);
   lua_pushcclosure(L, t_index, 1);

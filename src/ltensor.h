@@ -40,6 +40,10 @@ DF_API int df_checkdim(lua_State *L, int arg, const df_tensor *t);
 DF_API int df_shape_mismatch(lua_State *L, int arg, const char *na, const df_tensor *a,
                              const char *nb, const df_tensor *b);
 
+/* Set the functions of meth into the method table and of mod into the module table (either
+ * list may be NULL). */
+DF_API void df_register(lua_State *L, int methods, const luaL_Reg *meth, int module, const luaL_Reg *mod);
+
 /* Add functions to the method table (at the top of the stack) / to the module table. Each
  * l*.c file exposes one such pair; lmodule.c calls them all. */
 DF_API void df_open_tensor(lua_State *L, int methods, int module);
