@@ -528,18 +528,20 @@ static int parse_tensor(jp *j, df_st_header *h, df_st_tensor *t) {
   if (!have_dtype) return fail(j->err, j->errn, "tensor '%s': missing \"dtype\"", nm);
   if (!have_shape) return fail(j->err, j->errn, "tensor '%s': missing \"shape\"", nm);
   if (!have_off) return fail(j->err, j->errn, "tensor '%s': missing \"data_offsets\"", nm);
+  /* The product of the non-zero dimensions must fit too, so that no later product of the
+   * dimensions (in any order) can overflow, even for an empty tensor. */
   int64_t numel = 1;
-  int over = 0;
+  int over = 0, zero = 0;
   for (int i = 0; i < t->ndim; i++) {
     int64_t d = h->dims[t->shape_at + i];
-    if (d != 0 && numel > INT64_MAX / d) over = 1;
+    if (d == 0) zero = 1;
+    else if (numel > INT64_MAX / d) over = 1;
     else numel *= d;
   }
   uint64_t esize = df_st_dtype_size(t->dtype);
   if (!over && (uint64_t)numel > UINT64_MAX / esize) over = 1;
-  for (int i = 0; over && i < t->ndim; i++) /* a zero dimension makes any shape empty */
-    if (h->dims[t->shape_at + i] == 0) { over = 0; numel = 0; }
   if (over) return fail(j->err, j->errn, "tensor '%s': shape is too large (element count * dtype size overflows)", nm);
+  if (zero) numel = 0;
   t->numel = numel;
   if (t->begin > t->end)
     return fail(j->err, j->errn, "tensor '%s': data_offsets [%llu, %llu] end before they begin", nm,
@@ -695,7 +697,7 @@ static int parse_top(jp *j, uint64_t data_size, df_st_header *h) {
     return fail(j->err, j->errn, "data buffer has %llu bytes but the tensors cover %llu: %llu trailing "
                 "bytes belong to no tensor", (unsigned long long)data_size, (unsigned long long)pos,
                 (unsigned long long)(data_size - pos));
-  for (size_t i = 0; i < h->ntensors; i++) h->tensors[i].shape = h->dims + h->tensors[i].shape_at;
+  for (size_t i = 0; i < h->ntensors; i++) h->tensors[i].shape = h->dims ? h->dims + h->tensors[i].shape_at : NULL;
   h->data_size = data_size;
   return 0;
 }
