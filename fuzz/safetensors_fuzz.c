@@ -17,6 +17,19 @@ static void check(int cond) {
   if (!cond) __builtin_trap();
 }
 
+/* The writer refuses shapes whose non-zero dimensions times 4 bytes exceed INT64_MAX (an empty
+ * tensor can have such dimensions in a U8 file). */
+static int writable(const df_st_tensor *t) {
+  uint64_t prod = 4;
+  for (int d = 0; d < t->ndim; d++) {
+    uint64_t dim = (uint64_t)t->shape[d];
+    if (dim == 0) continue;
+    if (prod > (uint64_t)INT64_MAX / dim) return 0;
+    prod *= dim;
+  }
+  return 1;
+}
+
 static void roundtrip(const df_st_header *h, float **vals, int dtype) {
   df_st_entry *ents = calloc(h->ntensors ? h->ntensors : 1, sizeof *ents);
   df_tensor *views = calloc(h->ntensors ? h->ntensors : 1, sizeof *views);
@@ -24,7 +37,7 @@ static void roundtrip(const df_st_header *h, float **vals, int dtype) {
   size_t n = 0;
   for (size_t i = 0; i < h->ntensors; i++) {
     const df_st_tensor *t = &h->tensors[i];
-    if (t->ndim > DF_MAXDIM) continue;
+    if (t->ndim > DF_MAXDIM || !writable(t)) continue;
     df_tensor *v = &views[n];
     v->data = vals[i];
     v->ndim = t->ndim ? t->ndim : 1;

@@ -187,6 +187,13 @@ describe("safetensors round trips", function()
     local info = st.info(p)
     assert.same({ 0, 0 }, info.tensors.e.offsets)
     assert.same({ 0, 3 }, st.load(p).e:shape())
+    -- An empty tensor whose other dimensions the format cannot describe is refused, not written.
+    local ok, err = st.save(p, { e = diffuse.zeros(0, 2 ^ 62) }, nil)
+    assert.is_nil(ok)
+    assert.matches("tensor 'e': shape is too large for the format", err)
+    assert.same({ 0, 3 }, st.load(p).e:shape()) -- the previous file is intact
+    assert.is_true(st.save(p, { e = diffuse.zeros(0, 2 ^ 60) }, nil))
+    assert.same({ 0, 2 ^ 60 }, st.info(p).tensors.e.shape)
   end)
 end)
 

@@ -886,6 +886,18 @@ int df_st_write(FILE *fp, const df_st_entry *tensors, size_t n, const df_st_kv *
       return fail(err, errn, "tensor name '%s' is not valid UTF-8", show(tensors[i].name, tensors[i].name_len, nm, sizeof nm));
     if (tensors[i].name_len == 12 && !memcmp(tensors[i].name, "__metadata__", 12))
       return fail(err, errn, "\"__metadata__\" cannot be a tensor name");
+    /* The reader requires the product of the non-zero dimensions times the element size to
+     * fit in 64 bits (even for an empty tensor); never write a file it would reject. */
+    const df_tensor *t = tensors[i].t;
+    uint64_t prod = df_st_dtype_size(dtype);
+    for (int d = 0; d < t->ndim; d++) {
+      uint64_t dim = (uint64_t)t->shape[d];
+      if (dim == 0) continue;
+      if (prod > (uint64_t)INT64_MAX / dim)
+        return fail(err, errn, "tensor '%s': shape is too large for the format",
+                    show(tensors[i].name, tensors[i].name_len, nm, sizeof nm));
+      prod *= dim;
+    }
   }
   sbuf b = {0};
   char num[64];
