@@ -354,12 +354,16 @@ describe("safetensors validation", function()
     rejects(json('{"a":{"x":tru,' .. ok_entry:sub(5)), "not valid JSON")
   end)
 
-  it("limits nesting depth", function()
-    local deep = string.rep("[", 70) .. string.rep("]", 70)
-    rejects(json('{"a":{"x":' .. deep .. ',"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'),
-      "nested deeper than 64 levels")
-    local ok = string.rep("[", 50) .. string.rep("]", 50)
-    assert.is_table(st.load(json('{"a":{"x":' .. ok .. ',"dtype":"F32","shape":[1],"data_offsets":[0,4]}}')))
+  it("limits nesting depth to 64 levels", function()
+    -- The header object is level 1, a tensor entry level 2, a field's value level 3.
+    local function nested(n)
+      return json('{"a":{"x":' .. string.rep("[", n) .. string.rep("]", n) .. ',"dtype":"F32","shape":[1],"data_offsets":[0,4]}}')
+    end
+    assert.is_table(st.load(nested(62)))
+    rejects(nested(63), "nested deeper than 64 levels")
+    rejects(nested(1000), "nested deeper than 64 levels")
+    rejects(json(string.rep("[", 64) .. string.rep("]", 64)), "header is not a JSON object")
+    rejects(json(string.rep("[", 65) .. string.rep("]", 65)), "nested deeper than 64 levels")
   end)
 
   it("a header that is not an object", function()

@@ -368,12 +368,13 @@ static int jliteral(jp *j, const char *lit) {
   return 0;
 }
 
-/* Check any JSON value at j->p (whitespace skipped before). */
+/* Check any JSON value at j->p (whitespace skipped before); depth is its nesting level, the
+ * header object being level 1. */
 static int jskip(jp *j, int depth) {
   ws(j);
   int c = peek(j);
   if (c == '{' || c == '[') {
-    if (depth >= DF_ST_MAX_DEPTH) return syntax(j, "nested deeper than 64 levels");
+    if (depth > DF_ST_MAX_DEPTH) return syntax(j, "nested deeper than 64 levels");
     int close = c == '{' ? '}' : ']';
     j->p++;
     ws(j);
@@ -420,7 +421,7 @@ static int juint(jp *j, uint64_t *v, const char *what, const char *tname) {
   ws(j);
   int c = peek(j);
   if (!(c == '-' || (c >= '0' && c <= '9'))) {
-    if (jskip(j, DF_ST_MAX_DEPTH - 1)) return -1;
+    if (jskip(j, 4)) return -1;
     return fail(j->err, j->errn, "tensor '%s': %s is not a number", tname, what);
   }
   jnum n;
@@ -616,7 +617,7 @@ static int parse_top(jp *j, uint64_t data_size, df_st_header *h) {
   if (peek(j) != '{') {
     if (peek(j) == '[' || peek(j) == '"' || peek(j) == '-' || (peek(j) >= '0' && peek(j) <= '9') ||
         peek(j) == 't' || peek(j) == 'f' || peek(j) == 'n') {
-      if (jskip(j, 0)) return -1;
+      if (jskip(j, 1)) return -1;
       return fail(j->err, j->errn, "header is not a JSON object");
     }
     return syntax(j, "'{' expected");
