@@ -98,3 +98,19 @@ check-valgrind: all
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz
+
+# libFuzzer on the safetensors reader/writer (needs clang).  Runs FUZZ_SECONDS; new inputs go
+# to build-fuzz/corpus, the seeds stay in fuzz/corpus/safetensors, crashes in build-fuzz/.
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_BUILD    = build-fuzz
+fuzz: $(FUZZ_BUILD)/safetensors_fuzz
+	@mkdir -p $(FUZZ_BUILD)/corpus
+	$(FUZZ_BUILD)/safetensors_fuzz -max_total_time=$(FUZZ_SECONDS) -dict=fuzz/safetensors.dict \
+	  -artifact_prefix=$(FUZZ_BUILD)/ $(FUZZ_BUILD)/corpus fuzz/corpus/safetensors
+
+$(FUZZ_BUILD)/safetensors_fuzz: fuzz/safetensors_fuzz.c src/safetensors.c src/safetensors.h src/tensor.c src/tensor.h
+	@mkdir -p $(FUZZ_BUILD)
+	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -D_POSIX_C_SOURCE=200809L -std=c99 -Wall -Wextra -Isrc \
+	  fuzz/safetensors_fuzz.c src/safetensors.c src/tensor.c -o $@ -lm
