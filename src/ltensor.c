@@ -32,13 +32,18 @@ df_tensor *df_newtensor(lua_State *L, int ndim, const int64_t *shape) {
                                  (long long)shape[i], i + 1);
     tmp.shape[i] = shape[i];
   }
-  int64_t numel = 1;
+  /* The product of the non-zero sizes bounds every stride, so it must not overflow even when
+   * another size is 0 and the tensor is empty. */
+  int64_t span = 1;
+  int empty = 0;
   for (int i = 0; i < ndim; i++) {
-    if (shape[i] != 0 && numel > INT64_MAX / shape[i]) numel = -1;
-    if (numel >= 0) numel *= shape[i];
+    if (shape[i] == 0) { empty = 1; continue; }
+    if (span > INT64_MAX / shape[i]) span = -1;
+    if (span < 0) break;
+    span *= shape[i];
   }
-  size_t bytes = df_bytes_for(numel);
-  if (numel != 0 && bytes == 0) {
+  size_t bytes = empty ? 0 : df_bytes_for(span);
+  if (span < 0 || (!empty && bytes == 0)) {
     char buf[96];
     luaL_error(L, "cannot allocate a tensor of shape %s: size overflows", df_shape_str(&tmp, buf, sizeof buf));
   }
