@@ -90,8 +90,8 @@ check-asan: deps
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  $(BUSTED) --lua=$(LUA) --cpath='$(ASAN_BUILD)/?.so' --exclude-tags=slow,install $(SPECS)
 
-# One representative spec under valgrind's memcheck (the default: the tensor spec).
-VALGRIND_SPEC ?= spec/tensor_spec.lua
+# Representative specs under valgrind memcheck (tensor core, safetensors and PNG/libpng paths).
+VALGRIND_SPEC ?= spec/tensor_spec.lua spec/safetensors_spec.lua spec/image_spec.lua
 check-valgrind: all
 	@$(SPEC_ENV) valgrind --trace-children=yes --error-exitcode=1 --leak-check=no --suppressions=.valgrind.supp \
 	  $(LUA) $$(command -v $(BUSTED)) --lua=$(LUA) $(VALGRIND_SPEC)
