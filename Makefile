@@ -24,7 +24,8 @@ SRCS     = $(wildcard src/*.c)
 OBJS     = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
 MODULE   = $(BUILD)/diffuse/core.so
 
-DEPS_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpng-dev zlib1g-dev lua-busted dataset-fashion-mnist
+# luarocks: spec/install_spec.lua proves `luarocks make --deps-mode=none` installs a working module.
+DEPS_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpng-dev zlib1g-dev lua-busted dataset-fashion-mnist luarocks
 
 BUSTED  ?= busted
 SPEC_ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' LUA_CPATH='$(BUILD)/?.so;;'
