@@ -370,6 +370,24 @@ static int jliteral(jp *j, const char *lit) {
 
 /* Check any JSON value at j->p (whitespace skipped before); depth is its nesting level, the
  * header object being level 1. */
+/* Inside an object: one member's key and the ':' after it, white space skipped.  With key
+ * != NULL the decoded key is returned as by jstring; on an error nothing stays allocated. */
+static int jkey(jp *j, char **key, size_t *klen) {
+  ws(j);
+  if (peek(j) != '"') return syntax(j, "string key expected");
+  if (jstring(j, key, klen)) return -1;
+  ws(j);
+  if (peek(j) != ':') {
+    if (key) {
+      free(*key);
+      *key = NULL;
+    }
+    return syntax(j, "':' expected");
+  }
+  j->p++;
+  return 0;
+}
+
 static int jskip(jp *j, int depth) {
   ws(j);
   int c = peek(j);
@@ -381,12 +399,7 @@ static int jskip(jp *j, int depth) {
     if (peek(j) == close) { j->p++; return 0; }
     for (;;) {
       if (close == '}') {
-        ws(j);
-        if (peek(j) != '"') return syntax(j, "string key expected");
-        if (jstring(j, NULL, NULL)) return -1;
-        ws(j);
-        if (peek(j) != ':') return syntax(j, "':' expected");
-        j->p++;
+        if (jkey(j, NULL, NULL)) return -1;
       }
       if (jskip(j, depth + 1)) return -1;
       ws(j);
@@ -445,14 +458,9 @@ static int parse_tensor(jp *j, df_st_header *h, df_st_tensor *t) {
   ws(j);
   if (peek(j) == '}') j->p++;
   else for (;;) {
-    ws(j);
-    if (peek(j) != '"') return syntax(j, "string key expected");
     char *key;
     size_t klen;
-    if (jstring(j, &key, &klen)) return -1;
-    ws(j);
-    if (peek(j) != ':') { free(key); return syntax(j, "':' expected"); }
-    j->p++;
+    if (jkey(j, &key, &klen)) return -1;
     ws(j);
     int field = (klen == 5 && !memcmp(key, "dtype", 5)) ? 1
               : (klen == 5 && !memcmp(key, "shape", 5)) ? 2
@@ -562,18 +570,13 @@ static int parse_metadata(jp *j, df_st_header *h) {
   ws(j);
   if (peek(j) == '}') { j->p++; return 0; }
   for (;;) {
-    ws(j);
-    if (peek(j) != '"') return syntax(j, "string key expected");
     df_st_kv *m = grow(h->meta, &h->meta_cap, h->nmeta + 1, sizeof *m);
     if (!m) return fail(j->err, j->errn, "out of memory reading the header");
     h->meta = m;
     df_st_kv *kv = &h->meta[h->nmeta];
     memset(kv, 0, sizeof *kv);
-    if (jstring(j, &kv->key, &kv->key_len)) return -1;
+    if (jkey(j, &kv->key, &kv->key_len)) return -1;
     h->nmeta++;
-    ws(j);
-    if (peek(j) != ':') return syntax(j, "':' expected");
-    j->p++;
     ws(j);
     if (peek(j) != '"') {
       char kn[72];
@@ -627,14 +630,9 @@ static int parse_top(jp *j, uint64_t data_size, df_st_header *h) {
   ws(j);
   if (peek(j) == '}') j->p++;
   else for (;;) {
-    ws(j);
-    if (peek(j) != '"') return syntax(j, "string key expected");
     char *key;
     size_t klen;
-    if (jstring(j, &key, &klen)) return -1;
-    ws(j);
-    if (peek(j) != ':') { free(key); return syntax(j, "':' expected"); }
-    j->p++;
+    if (jkey(j, &key, &klen)) return -1;
     if (klen == 12 && !memcmp(key, "__metadata__", 12)) {
       free(key);
       if (have_meta) return fail(j->err, j->errn, "duplicate key \"__metadata__\"");
