@@ -12,5 +12,10 @@ M.Tensor = core.Tensor_methods
 M._VERSION = "diffuse scm"
 M.image = require("diffuse.image")
 M.data = require("diffuse.data")
+M.schedule = require("diffuse.schedule")
+M.grid = require("diffuse.grid")
+M.predict = require("diffuse.predict")
+M.sampler = require("diffuse.sampler")
+M.sample = M.sampler.sample
 
 return M
