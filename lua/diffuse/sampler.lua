@@ -174,7 +174,7 @@ function M.new(o, extra)
     end
   end
   local model = o.model
-  if model == nil then fail_here("'model' is required (a diffuse model or a function(x, point, cond))") end
+  if not model then fail_here("'model' is required (a diffuse model or a function(x, point, cond))") end
   local predicts = o.predicts or (type(model) == "table" and model.predicts) or nil
   if predicts == nil then
     fail_here("say what the model predicts: predicts = 'eps' | 'x0' | 'v' | 'score' | 'flow'")
