@@ -18,6 +18,7 @@ int luaopen_diffuse_core(lua_State *L) {
   df_open_image(L, methods, module);
   df_open_idx(L, methods, module);
   df_open_models(L, methods, module);
+  df_open_plot(L, methods, module);
   lua_pushvalue(L, methods);
   lua_setfield(L, module, "Tensor_methods");
   lua_settop(L, module);

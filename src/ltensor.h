@@ -55,5 +55,6 @@ DF_API void df_open_safetensors(lua_State *L, int methods, int module);
 DF_API void df_open_image(lua_State *L, int methods, int module);
 DF_API void df_open_idx(lua_State *L, int methods, int module);
 DF_API void df_open_models(lua_State *L, int methods, int module);
+DF_API void df_open_plot(lua_State *L, int methods, int module);
 
 #endif

@@ -12,6 +12,7 @@ M.Tensor = core.Tensor_methods
 M._VERSION = "diffuse scm"
 M.image = require("diffuse.image")
 M.data = require("diffuse.data")
+M.plot = require("diffuse.plot")
 M.schedule = require("diffuse.schedule")
 M.grid = require("diffuse.grid")
 M.predict = require("diffuse.predict")
