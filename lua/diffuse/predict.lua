@@ -20,13 +20,15 @@ local function need_sigma(p, what)
   end
 end
 
--- Returns x0, eps for a model output `out` of kind `kind` at x and point p.
-function M.to_x0_eps(kind, out, x, p)
+-- Returns x0, eps for a model output `out` of kind `kind` at x and point p.  need = "x0" or
+-- "eps" skips computing the other one (it comes back nil): a pass over memory saved.
+function M.to_x0_eps(kind, out, x, p, need)
   local a, s = p.alpha, p.sigma
   if kind == "x0" then
-    if s > 0 then return out, lincomb({ x, out }, { 1 / s, -a / s }) end
-    return out, nil
+    if need == "x0" or not (s > 0) then return out, nil end
+    return out, lincomb({ x, out }, { 1 / s, -a / s })
   elseif kind == "eps" then
+    if need == "eps" then return nil, out end
     if not (a > 0) then error(("cannot convert an eps prediction at t = %.17g: alpha is 0"):format(p.t), 2) end
     return lincomb({ x, out }, { 1 / a, -s / a }), out
   elseif kind == "v" then

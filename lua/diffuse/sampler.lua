@@ -53,15 +53,16 @@ local common = {
 
 local function fail(msg, level) error("sample: " .. msg, (level or 1) + 1) end
 
--- Model evaluation: returns x0, eps at (x, t) and counts one NFE.
-function State:eval(x, t)
+-- Model evaluation: returns x0, eps at (x, t) and counts one NFE.  need = "x0" or "eps"
+-- computes only that one (the other comes back nil).
+function State:eval(x, t, need)
   local p = self:point(t)
   local out = self.model(x, p, self.cond)
   if getmetatable(out) == nil or type(out.shape) ~= "function" then
     fail(("the model returned %s, not a tensor (at t = %.6g)"):format(type(out), t), 2)
   end
   self.nfe = self.nfe + 1
-  local x0, eps = predict.to_x0_eps(self.predicts, out, x, p)
+  local x0, eps = predict.to_x0_eps(self.predicts, out, x, p, need)
   return x0, eps
 end
 
