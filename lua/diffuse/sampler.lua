@@ -46,7 +46,7 @@ M.State = State
 -- Options every run accepts (solvers add their own).
 local common = {
   model = true, schedule = true, solver = true, steps = true, spacing = true, t_start = true,
-  t_end = true, times = true, rho = true, sigma_min = true, sigma_max = true, x = true,
+  t_end = true, times = true, rho = true, sigma_min = true, sigma_max = true, steps_offset = true, x = true,
   shape = true, seed = true, noise = true, cond = true, callback = true, predicts = true,
   offset = true,
 }
@@ -210,6 +210,7 @@ function M.new(o, extra)
     st.times = grid.times(sched, {
       spacing = o.spacing or solver.default_spacing or "logSNR", steps = o.steps, t_start = o.t_start,
       t_end = o.t_end, rho = o.rho, sigma_min = o.sigma_min, sigma_max = o.sigma_max,
+      steps_offset = o.steps_offset,
     })
   elseif not solver.own_grid then
     fail_here("give 'steps' (with an optional 'spacing') or a list of 'times'")
