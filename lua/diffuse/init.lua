@@ -18,5 +18,6 @@ M.grid = require("diffuse.grid")
 M.predict = require("diffuse.predict")
 M.sampler = require("diffuse.sampler")
 M.sample = M.sampler.sample
+require("diffuse.solvers.deis")
 
 return M
