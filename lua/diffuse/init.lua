@@ -19,5 +19,6 @@ M.predict = require("diffuse.predict")
 M.sampler = require("diffuse.sampler")
 M.sample = M.sampler.sample
 require("diffuse.solvers.deis")
+require("diffuse.solvers.deis")
 
 return M
