@@ -17,5 +17,6 @@ M.grid = require("diffuse.grid")
 M.predict = require("diffuse.predict")
 M.sampler = require("diffuse.sampler")
 M.sample = M.sampler.sample
+M.models = require("diffuse.models")
 
 return M
