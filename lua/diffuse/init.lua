@@ -18,7 +18,9 @@ M.grid = require("diffuse.grid")
 M.predict = require("diffuse.predict")
 M.sampler = require("diffuse.sampler")
 M.sample = M.sampler.sample
-require("diffuse.solvers.deis")
+M.models = require("diffuse.models")
+
+-- Solver modules register themselves with the sampler when loaded.
 require("diffuse.solvers.deis")
 
 return M
