@@ -17,5 +17,7 @@ M.grid = require("diffuse.grid")
 M.predict = require("diffuse.predict")
 M.sampler = require("diffuse.sampler")
 M.sample = M.sampler.sample
+M.exact_ode = require("diffuse.solvers.adaptive").exact_ode
+require("diffuse.solvers.timeshift")
 
 return M
