@@ -77,7 +77,7 @@ $(BUILD)/sgemm_direct: examples/bench/sgemm_direct.c
 install: all
 	mkdir -p $(INST_LIBDIR)/diffuse $(INST_LUADIR)/diffuse
 	cp $(MODULE) $(INST_LIBDIR)/diffuse/core.so
-	cp lua/diffuse/*.lua $(INST_LUADIR)/diffuse/
+	cp -R lua/diffuse/. $(INST_LUADIR)/diffuse/
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.  The sanitizer
 # runtimes must be loaded before lua5.4 itself, hence LD_PRELOAD; subprocesses that specs

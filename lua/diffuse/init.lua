@@ -22,5 +22,7 @@ M.models = require("diffuse.models")
 
 -- Solver modules register themselves with the sampler when loaded.
 require("diffuse.solvers.deis")
+require("diffuse.solvers.timeshift")
+M.exact_ode = require("diffuse.solvers.adaptive").exact_ode
 
 return M
