@@ -17,5 +17,7 @@ M.grid = require("diffuse.grid")
 M.predict = require("diffuse.predict")
 M.sampler = require("diffuse.sampler")
 M.sample = M.sampler.sample
+M.plan = require("diffuse.plan")
+require("diffuse.solvers.exponential") -- registers ddim, dpmsolver(++), unipc, plan
 
 return M
