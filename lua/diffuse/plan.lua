@@ -73,9 +73,6 @@ function M.validate(p)
       return nil, ("plan: times must decrease strictly: times[%d] = %.17g after times[%d] = %.17g"):format(i, t, i - 1, ts[i - 1])
     end
   end
-  for i = 1, #ts - 1 do
-    if ts[i] == 0 then return nil, ("plan: only the last time may be 0 (times[%d])"):format(i) end
-  end
   local steps = p.steps
   if type(steps) ~= "table" then return nil, "plan: 'steps' must be a list of step tables" end
   if #steps ~= #ts - 1 then
