@@ -98,6 +98,7 @@ describe("plan text forms", function()
   it("round-trips through a Lua literal and JSON, in memory and on disk", function()
     assert.are.same(p, plan.parse(plan.tostring(p)))
     assert.are.same(p, plan.parse(plan.tojson(p)))
+    assert.are.equal(plan.tostring(p), plan.tostring(plan.parse(plan.tojson(p)))) -- floats stay floats
     local dir = H.tmpdir()
     for _, f in ipairs({ dir .. "/p.lua", dir .. "/p.json" }) do
       assert.is_true(plan.save(p, f))

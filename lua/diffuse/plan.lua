@@ -276,6 +276,7 @@ function M.parse(text)
       or text:match("^-?%.%d+[eE][-+]?%d+", pos) or text:match("^-?%.%d+", pos)
     if not s then fail("number expected") end
     pos = pos + #s
+    if s:find("[.eE]") then return tonumber(s) + 0.0 end
     return math.tointeger(tonumber(s)) or tonumber(s)
   end
   local function tbl(closer)
