@@ -19,10 +19,12 @@ M.predict = require("diffuse.predict")
 M.sampler = require("diffuse.sampler")
 M.sample = M.sampler.sample
 M.models = require("diffuse.models")
+M.plan = require("diffuse.plan")
 
 -- Solver modules register themselves with the sampler when loaded.
-require("diffuse.solvers.deis")
+require("diffuse.solvers.exponential") -- ddim, dpmsolver(++), unipc, plan
+require("diffuse.solvers.deis")        -- deis, ipndm
 require("diffuse.solvers.timeshift")
-M.exact_ode = require("diffuse.solvers.adaptive").exact_ode
+M.exact_ode = require("diffuse.solvers.adaptive").exact_ode -- and rk45
 
 return M
