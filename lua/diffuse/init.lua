@@ -17,5 +17,8 @@ M.grid = require("diffuse.grid")
 M.predict = require("diffuse.predict")
 M.sampler = require("diffuse.sampler")
 M.sample = M.sampler.sample
+-- solver modules register themselves with the sampler
+require("diffuse.solvers.sigma")
+require("diffuse.solvers.ddpm")
 
 return M
