@@ -24,6 +24,8 @@ M.plan = require("diffuse.plan")
 -- Solver modules register themselves with the sampler when loaded.
 require("diffuse.solvers.exponential") -- ddim, dpmsolver(++), unipc, plan
 require("diffuse.solvers.deis")        -- deis, ipndm
+require("diffuse.solvers.sigma")       -- k-diffusion family
+require("diffuse.solvers.ddpm")
 require("diffuse.solvers.timeshift")
 M.exact_ode = require("diffuse.solvers.adaptive").exact_ode -- and rk45
 
