@@ -100,7 +100,7 @@ end
 local function draw_samples(r, n, noise_scale)
   local o = { model = model, schedule = schedule_of(r.schedule), solver = r.solver, steps = 200,
     shape = { n, 1 }, seed = 1234 }
-  if r.schedule == "vp" then o.t_end = 0 end -- run to the data (sigma = 0)
+  -- karras grids end at t = 0 (the data) on every schedule
   for k, v in pairs(r.opts or {}) do o[k] = v end
   if noise_scale then
     -- the sampler's own draws, scaled: a lazily filled noise list
