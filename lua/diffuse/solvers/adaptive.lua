@@ -125,7 +125,7 @@ local function deriv(st, m, v, y)
   local t = m.t_of(v)
   local p = st:point(t)
   local x = (p.alpha == 1) and y or y:mul(p.alpha)
-  local d = st:eval(x, t)
+  local d = st:eval(x, t, "x0")
   local g = m.var.g(st.schedule, v, t)
   return lincomb({ y, d }, { g, -g }), d
 end
@@ -259,7 +259,7 @@ local function step(st)
       if last then
         if m.denoise then
           -- sigma = 0 at t_end: the data estimate at the last (tiny) noise level.
-          local x0 = st:eval(y_new:mul(st:point(t_new).alpha), t_new)
+          local x0 = st:eval(y_new:mul(st:point(t_new).alpha), t_new, "x0")
           st.x0 = x0
           local a1 = st:point(m.t_end).alpha
           st.x = (a1 == 1) and x0 or x0:mul(a1)

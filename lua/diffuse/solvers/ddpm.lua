@@ -45,7 +45,7 @@ sampler.register("ddpm", {
   step = function(st)
     local t, tn = st.times[st.i + 1], st.times[st.i + 2]
     local p, q = st:point(t), st:point(tn)
-    local x0 = st:eval(st.x, t)
+    local x0 = st:eval(st.x, t, "x0")
     local cx, c0, sd = M.coefficients(p, q, st.opts.variance)
     if st.i + 1 < st.n then
       st.x = lincomb({ st.x, x0, st:draw() }, { cx, c0, sd })

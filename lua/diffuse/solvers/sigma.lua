@@ -92,7 +92,7 @@ end
 local function denoise_at(st, xh, sh)
   local p = sigma_point(st, sh)
   local x = emit(xh, p.alpha)
-  return st:eval(x, p.t), x, p
+  return st:eval(x, p.t, "x0"), x, p
 end
 
 -- k-diffusion's get_ancestral_step: the lower noise level to step down to and the noise to add.
@@ -127,7 +127,7 @@ local function churn_and_denoise(st, p, xh)
     local D, x, pr = denoise_at(st, xr, shat)
     return term(x, 1 / pr.alpha), shat, D
   end
-  return xh, s, st:eval(st.x, p.t)
+  return xh, s, st:eval(st.x, p.t, "x0")
 end
 
 local churn_options = { churn = 0.0, s_tmin = 0.0, s_tmax = math.huge, s_noise = 1.0 }
@@ -179,7 +179,7 @@ reg("euler_ancestral", {
   step = function(st)
     local p, q, xh = begin(st)
     local s, sn = p.sigma_hat, q.sigma_hat
-    local D = st:eval(st.x, p.t)
+    local D = st:eval(st.x, p.t, "x0")
     local down, up = ancestral(s, sn, st.opts.eta)
     local r = down / s
     local e = lin(xh, r, term(D, 1), 1 - r)
@@ -208,7 +208,7 @@ reg("heun", {
       return
     end
     local x2 = emit(lin(xr, 1, d, dt), q.alpha)
-    local D2 = st:eval(x2, q.t)
+    local D2 = st:eval(x2, q.t, "x0")
     local d2 = to_d(term(x2, 1 / q.alpha), D2, sn)
     st.x = emit(lin(xr, 1, d, dt / 2, d2, dt / 2), q.alpha)
     st.x0 = D2
@@ -244,7 +244,7 @@ reg("dpm_2_ancestral", {
   step = function(st)
     local p, q, xh = begin(st)
     local s = p.sigma_hat
-    local D = st:eval(st.x, p.t)
+    local D = st:eval(st.x, p.t, "x0")
     local down, up = ancestral(s, q.sigma_hat, st.opts.eta)
     local d = to_d(xh, D, s)
     if down == 0 then
@@ -331,7 +331,7 @@ reg("lms", {
   step = function(st)
     local p, q, xh = begin(st)
     local s = p.sigma_hat
-    local D = st:eval(st.x, p.t)
+    local D = st:eval(st.x, p.t, "x0")
     -- history: newest first, at most `order` entries {x, alpha, sigma_hat, D}; a new table
     -- each step (stored tables are never modified in place).
     local hist = { { x = st.x, alpha = p.alpha, s = s, D = D } }
@@ -361,7 +361,7 @@ reg("dpmpp_2s_ancestral", {
   step = function(st)
     local p, q, xh = begin(st)
     local s, sn = p.sigma_hat, q.sigma_hat
-    local D = st:eval(st.x, p.t)
+    local D = st:eval(st.x, p.t, "x0")
     local down, up = ancestral(s, sn, st.opts.eta)
     local e
     if down == 0 then
@@ -393,7 +393,7 @@ reg("dpmpp_sde", {
     local p, q, xh = begin(st)
     local s, sn = p.sigma_hat, q.sigma_hat
     local o = st.opts
-    local D = st:eval(st.x, p.t)
+    local D = st:eval(st.x, p.t, "x0")
     if sn == 0 then
       st.x = emit(lin(xh, 1, to_d(xh, D, s), -s), q.alpha)
       st.x0 = D
@@ -430,7 +430,7 @@ reg("dpmpp_2m", {
   step = function(st)
     local p, q, xh = begin(st)
     local s, sn = p.sigma_hat, q.sigma_hat
-    local D = st:eval(st.x, p.t)
+    local D = st:eval(st.x, p.t, "x0")
     local h = log(s) - (sn > 0 and log(sn) or -math.huge)
     local a = -expm1(-h)
     local e
@@ -462,7 +462,7 @@ reg("dpmpp_2m_sde", {
     local p, q, xh = begin(st)
     local s, sn = p.sigma_hat, q.sigma_hat
     local o = st.opts
-    local D = st:eval(st.x, p.t)
+    local D = st:eval(st.x, p.t, "x0")
     if sn == 0 then
       st.x = emit(term(D, 1), q.alpha)
       st.x0 = D
@@ -498,7 +498,7 @@ reg("dpmpp_3m_sde", {
     local s, sn = p.sigma_hat, q.sigma_hat
     local o = st.opts
     local m = st.mem
-    local D = st:eval(st.x, p.t)
+    local D = st:eval(st.x, p.t, "x0")
     if sn == 0 then
       st.x = emit(term(D, 1), q.alpha)
       st.x0 = D

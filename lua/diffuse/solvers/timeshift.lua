@@ -104,7 +104,7 @@ local function step(st)
   local nfe0 = st.nfe
   if #order <= 1 then
     local tau = order[1] or t
-    local x0 = st:eval(st.x, tau)
+    local x0 = st:eval(st.x, tau, "x0")
     local a, b = ddim_coefs(st:point(tau), q)
     st.x = lincomb({ st.x, x0 }, { a, b })
     st.x0 = x0
@@ -120,7 +120,7 @@ local function step(st)
     for _, tau in ipairs(order) do
       local rows = groups[tau]
       local xg = st.x:gather(rows)
-      local x0g = st:eval(xg, tau)
+      local x0g = st:eval(xg, tau, "x0")
       local a, b = ddim_coefs(st:point(tau), q)
       xb:narrow(1, pos, #rows):copy_(lincomb({ xg, x0g }, { a, b }))
       x0b:narrow(1, pos, #rows):copy_(x0g)
