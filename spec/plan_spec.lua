@@ -330,3 +330,44 @@ describe("the unified step", function()
     assert.are.equal(8, st.nfe)
   end)
 end)
+
+describe("DEIS and iPNDM as plans", function()
+  local diffuse = require("diffuse")
+  local gmm = diffuse.models.gmm{ means = { { -1, 0 }, { 1, 0.5 } }, stds = { 0.3, 0.2 } }
+  local sched = diffuse.schedule.vp_linear()
+
+  it("plan.deis and plan.ipndm run like the named solvers", function()
+    for _, c in ipairs({ { "deis", 1 }, { "deis", 2 }, { "deis", 3 }, { "ipndm", 2 }, { "ipndm", 4 } }) do
+      for _, n in ipairs({ 5, 12, 20 }) do
+        local a = diffuse.sample{ model = gmm, schedule = sched, solver = c[1], order = c[2], steps = n,
+          shape = { 32, 2 }, seed = 3 }
+        local p = diffuse.plan[c[1]]{ schedule = sched, steps = n, order = c[2], spacing = "time_quadratic" }
+        local b = diffuse.sample{ model = gmm, schedule = sched, solver = "plan", plan = p, shape = { 32, 2 }, seed = 3 }
+        assert.is_true(a:max_abs_diff(b) < 1e-5, ("%s order %d, %d steps: %g"):format(c[1], c[2], n, a:max_abs_diff(b)))
+      end
+    end
+  end)
+
+  it("DEIS's lower-order final steps and warm-up are in the plan", function()
+    local p = diffuse.plan.deis{ schedule = sched, steps = 6, order = 3 }
+    local orders = {}
+    for s, st in ipairs(p.steps) do orders[s] = st.order end
+    assert.same({ 1, 2, 3, 3, 2, 1 }, orders)
+    assert.same({ 3, 2 }, p.steps[4].points)
+  end)
+
+  it("validation keeps the multistep scales to their form", function()
+    local times = { 1, 0.5, 0.2, 0.1 }
+    local function steps_with(last)
+      return { times = times, steps = { { pred = "noise" }, { pred = "noise", order = 2, points = { 1 } }, last } }
+    end
+    local plan = diffuse.plan
+    assert.matches("step 3: scale 'deis' needs pred = \"noise\"",
+      select(2, plan.validate(steps_with({ pred = "data", order = 2, points = { 2 }, scale = "deis" }))))
+    assert.matches("points%[1%] must be 2",
+      select(2, plan.validate(steps_with({ pred = "noise", order = 2, points = { 1 }, scale = "deis" }))))
+    assert.matches("scale 'ipndm' has no corrector",
+      select(2, plan.validate({ times = times, steps = { { pred = "noise" }, { pred = "noise", scale = "ipndm", corrector = true }, { pred = "noise" } } })))
+    assert.is_true(plan.validate(steps_with({ pred = "noise", order = 3, points = { 2, 1 }, scale = "deis" })))
+  end)
+end)

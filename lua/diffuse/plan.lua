@@ -24,7 +24,10 @@ local step_fields = {
   eta = true, note = true,
 }
 local plan_fields = { times = true, steps = true, name = true }
-local named_scales = { taylor = true, dpmsolver = true, bh1 = true, bh2 = true }
+local named_scales = { taylor = true, dpmsolver = true, bh1 = true, bh2 = true, deis = true, ipndm = true }
+-- Scales whose whole step is a multistep formula of its own (DEIS, iPNDM): noise prediction
+-- from the previous point over the points just before it, no corrector, no noise.
+local multistep_scales = { deis = true, ipndm = true }
 M.max_order = 6
 
 local function sorted(t)
@@ -108,7 +111,9 @@ function M.validate(p)
     local sc = raw.scale
     if sc ~= nil then
       if type(sc) == "string" then
-        if not named_scales[sc] then return bad("unknown scale '%s' (valid: bh1, bh2, dpmsolver, taylor, {linear = c}, {c1, c2, ...})", sc) end
+        if not named_scales[sc] then
+          return bad("unknown scale '%s' (valid: bh1, bh2, deis, dpmsolver, ipndm, taylor, {linear = c}, {c1, c2, ...})", sc)
+        end
       elseif type(sc) == "table" then
         if sc.linear ~= nil then
           if type(sc.linear) ~= "number" or next(sc, next(sc)) ~= nil then
@@ -144,6 +149,19 @@ function M.validate(p)
     elseif order - 1 > base - 1 then
       return bad("order %d needs %d earlier points before base %d, only %d exist (give 'points' or lower the order)",
         order, order - 1, base, base - 1)
+    end
+    if multistep_scales[raw.scale] then
+      local sc = raw.scale
+      if raw.pred ~= "noise" then return bad("scale '%s' needs pred = \"noise\"", sc) end
+      if base ~= s then return bad("scale '%s' steps from the previous point (base = %d)", sc, s) end
+      for i, j in ipairs(raw.points or {}) do
+        if j ~= s - i then
+          return bad("scale '%s' uses the points just before the base: points[%d] must be %d", sc, i, s - i)
+        end
+      end
+      if raw.corrector then return bad("scale '%s' has no corrector", sc) end
+      if (raw.eta or 0) ~= 0 then return bad("scale '%s' is deterministic (eta = 0)", sc) end
+      if sc == "ipndm" and order > 4 then return bad("scale 'ipndm' has orders 1 to 4, got %d", order) end
     end
   end
   return true
@@ -476,6 +494,39 @@ function M.ddim(o)
     steps[s] = st
   end
   return finish(times, steps, r, ("ddim eta=%g"):format(r.eta))
+end
+
+-- DEIS (diffusers' log-rho multistep) and iPNDM as plans: noise prediction from the previous
+-- point over the `order - 1` points before it, with their own step weights (scale "deis" /
+-- "ipndm", computed by lua/diffuse/solvers/deis.lua).  Orders warm up from 1; DEIS's
+-- lower_order_final (runs of fewer than 15 steps) ends with orders 2 then 1, as diffusers.
+local function multistep_plan(fname, o, defaults, max_order, order_at, scale)
+  local r = opts_check(fname, o, defaults)
+  if not (math.tointeger(r.order) and r.order >= 1 and r.order <= max_order) then
+    error(("%s: order = %s must be an integer from 1 to %d"):format(fname, tostring(r.order), max_order), 3)
+  end
+  local times = copy_list(make_grid(o))
+  local n = #times - 1
+  local steps = {}
+  for s = 1, n do
+    local k = order_at(s - 1, n, r)
+    local pts = {}
+    for j = 1, k - 1 do pts[j] = s - j end
+    steps[s] = { pred = "noise", order = k, points = pts, scale = scale }
+  end
+  return finish(times, steps, {}, ("%s order %d"):format(scale, r.order))
+end
+
+function M.deis(o)
+  local deis = require("diffuse.solvers.deis")
+  return multistep_plan("plan.deis", o, { order = 2, lower_order_final = true }, 3,
+    function(s, n, r) return deis.deis_order(s, n, r.order, r.lower_order_final) end, "deis")
+end
+
+function M.ipndm(o)
+  local deis = require("diffuse.solvers.deis")
+  return multistep_plan("plan.ipndm", o, { order = 4 }, 4,
+    function(s, _, r) return deis.ipndm_order(s, r.order) end, "ipndm")
 end
 
 -- The official DPM-Solver / DPM-Solver++ (dpm_solver_pytorch.py) step sequences.

@@ -134,6 +134,17 @@ M.multipliers = multipliers
 function M.coefficients(pred, b, t, lams, scale, eta)
   eta = eta or 0
   local p = #lams
+  if scale == "deis" or scale == "ipndm" then
+    -- Their own weights over the eps at the base and the points before it (newest first);
+    -- DEIS's weights include the exact limit for a target with sigma = 0.
+    local deis = require("diffuse.solvers.deis")
+    local k = p + 1
+    local arr = { [k] = b, [k + 1] = t }
+    for j = 1, p do arr[k - j] = { alpha = 1, sigma = math.exp(-lams[j]), lambda = lams[j] } end
+    local w = (scale == "deis" and deis.deis_weights or deis.ipndm_weights)(arr, k, k)
+    if w.x0 then error(("a %s plan step cannot start at alpha = 0"):format(scale), 2) end
+    return { x = w.x, m = w.eps, z = 0 }
+  end
   local m = {}
   for i = 1, p + 1 do m[i] = 0 end
   if not (t.sigma > 0) then
