@@ -1,15 +1,17 @@
 /* Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC11) and the
  * per-row normal / uniform fills.
  *
- * Speed: the fill computes LANES Philox blocks at once in structure-of-arrays form (plain
- * uint32 loops the compiler vectorises; the 32x32->64 multiplies become pmuludq), then turns
- * the words into values with a branch-free Box-Muller in double precision that calls no libm
- * function in the inner loop: the logarithm and sin / cos are polynomials evaluated after an
- * exact reduction (see box_muller_lanes).  The same C code is compiled for SSE2 (the x86-64
- * baseline, or any other architecture), AVX2 and AVX-512F and picked at run time.  Every
- * variant performs the same IEEE operations (add, mul, div, sqrt, exact conversions; no fused
- * multiply-add: no variant enables FMA and -std=c99 turns contraction off) on each element, in
- * the same order, so all variants produce the same bits.  DIFFUSE_RNG_ISA=generic|avx2|avx512f
+ * Speed: the fill computes LANES Philox blocks at once in structure-of-arrays form, one word
+ * per 64-bit slot so that each 32x32->64 product is one pmuludq (SSE2 / AVX2 / AVX-512F
+ * intrinsics; plain C elsewhere), then turns the words into values with a branch-free
+ * Box-Muller in double precision that calls no libm function: the logarithm and sin / cos are
+ * polynomials evaluated after exact reductions (see box_muller_lanes), in loops the compiler
+ * vectorises.  The fill is compiled for SSE2 (the x86-64 baseline; plain C on other
+ * architectures), AVX2 and AVX-512F and the best variant the CPU has is picked at run time.
+ * Every variant performs the same IEEE operations (add, sub, mul, div, sqrt, exact
+ * conversions; no fused multiply-add: no variant enables FMA, GCC does not contract under
+ * -std=c99 and clang is told not to) on each element in the same order, so all variants give
+ * the same bits, and so does any IEEE machine.  DIFFUSE_RNG_ISA=generic|avx2|avx512f
  * forces a variant (the specs use it to check exactly that). */
 #include "rng.h"
 
@@ -17,15 +19,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__GNUC__) && defined(__x86_64__)
+/* -DDF_RNG_NO_SIMD builds the portable C version alone (to test it on x86-64). */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(DF_RNG_NO_SIMD)
 #define RNG_X86 1
 #include <immintrin.h>
 #else
 #define RNG_X86 0
 #endif
 
+/* No a * b + c may become a fused multiply-add (GCC does not contract under -std=c99). */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 #if defined(__GNUC__)
-#define RNG_INLINE static inline __attribute__((always_inline))
+#define RNG_INLINE static inline __attribute__((always_inline, unused))
 #else
 #define RNG_INLINE static inline
 #endif
@@ -360,7 +368,12 @@ __attribute__((target("avx2"))) static void unit_avx2(const fill_ctx *cx, int64_
                                                       int64_t t1) {
   fill_unit(cx, t0, t1, philox_lanes_avx2, sqrt_avx2);
 }
-__attribute__((target("avx512f,prefer-vector-width=512"))) static void unit_avx512(
+#ifdef __clang__
+#define RNG_AVX512 "avx512f"
+#else
+#define RNG_AVX512 "avx512f,prefer-vector-width=512" /* GCC would use 256-bit vectors */
+#endif
+__attribute__((target(RNG_AVX512))) static void unit_avx512(
     const fill_ctx *cx, int64_t t0, int64_t t1) {
   fill_unit(cx, t0, t1, philox_lanes_avx512, sqrt_avx512);
 }
