@@ -15,15 +15,32 @@ local function words(s, i, k, block)
   return { core._philox({ block, k, i & M32, (i >> 32) & M32 }, { s & M32, (s >> 32) & M32 }) }
 end
 
+-- The documented Box-Muller, computed with Lua's (libm's) log, sqrt, sin and cos in double.
+-- The angle 2 pi b / 2^32 is reduced exactly first, in integers: b = quad 2^30 + e with e in
+-- [-2^29, 2^29), so cos and sin only see |x| <= pi/4 (an unreduced angle near pi/2 would lose
+-- the relative accuracy of cos there, in the reference, not in the implementation).
 local function ref_normal(s, i, k, j)
   local w = words(s, i, k, j // 4)
   local q = j % 4
   local a, b = w[q - q % 2 + 1], w[q - q % 2 + 2]
-  local u = (a + 0.5) * 2.0 ^ -32
-  local theta = b * (2 * math.pi * 2.0 ^ -32)
+  local u = (a + 0.5) * 2.0 ^ -32 -- exact in double
   local r = math.sqrt(-2 * math.log(u))
-  return to_f32(q % 2 == 0 and r * math.cos(theta) or r * math.sin(theta))
+  local quad = ((b + 0x20000000) >> 30) & 3
+  local e = b - (quad << 30)
+  if e >= 0x80000000 then e = e - 0x100000000 end
+  local x = e * (2 * math.pi * 2.0 ^ -32)
+  local c, sn = math.cos(x), math.sin(x)
+  local cq = ({ c, -sn, -c, sn })[quad + 1]
+  local sq = ({ sn, c, -sn, -c })[quad + 1]
+  return to_f32(q % 2 == 0 and r * cq or r * sq)
 end
+
+-- Distance in float32 ulps (the number of floats between a and b, plus one if they differ).
+local function ord(x)
+  local i = string.unpack("<i4", string.pack("<f", x))
+  return i < 0 and -(i & 0x7fffffff) or i
+end
+local function ulps(a, b) return math.abs(ord(a) - ord(b)) end
 
 local function ref_uniform(s, i, k, j)
   local w = words(s, i, k, j // 4)
@@ -76,22 +93,52 @@ describe("Philox4x32-10", function()
 end)
 
 describe("randn / rand layout", function()
-  it("randn follows the documented counter layout and Box-Muller", function()
+  -- Tolerance: the implementation evaluates log, sin and cos with polynomials in double, with
+  -- a relative error below 1e-14 before the one rounding to float32; the reference (libm in
+  -- double) is within ~1e-15.  Two numbers that close round to the same float or to adjacent
+  -- floats, so every value is within 1 ulp of the reference.  They differ at all only when
+  -- the exact value lies within ~1e-14 (relative) of a rounding boundary of float32, which has
+  -- probability ~1e-14 * 2^24 ~ 2e-7 per value: over the ~10^4 values here, two or more
+  -- differences would have probability ~1e-6.  (A float-precision log or sincos, 1e-7, would
+  -- make thousands of values differ.)
+  it("randn follows the documented counter layout and Box-Muller, to 1 ulp", function()
+    local n, differ, worst = 0, 0, 0
     for _, c in ipairs({
       { shape = { 3, 5 }, s = 7, off = 4, k = 2 },
       { shape = { 6 }, s = 0, off = 0, k = 0 },
       { shape = { 2, 3, 2, 2 }, s = 2 ^ 40 + 5, off = 2 ^ 32 - 1, k = 9 }, -- rows cross 2^32
       { shape = { 2, 7 }, s = -1, off = 0, k = 2 ^ 32 - 1 },
+      { shape = { 3, 2000 }, s = 12345, off = 77, k = 3 },                   -- long rows
+      { shape = { 5, 3, 67 }, s = 99, off = 2 ^ 32 - 2, k = 1 },             -- rows of 201
+      { shape = { 4000 }, s = 5, off = 10, k = 6 },                          -- rows of 1
     }) do
-      local t = diffuse.randn(c.shape, { seed = math.tointeger(c.s), offset = math.tointeger(c.off), draw = math.tointeger(c.k) })
-      assert.allclose(reference(ref_normal, c.shape, math.tointeger(c.s), math.tointeger(c.off), math.tointeger(c.k)),
-        flat_of(t), 1e-6, 1e-6)
+      local s, off, k = math.tointeger(c.s), math.tointeger(c.off), math.tointeger(c.k)
+      local got = flat_of(diffuse.randn(c.shape, { seed = s, offset = off, draw = k }))
+      local want = reference(ref_normal, c.shape, s, off, k)
+      assert.equal(#want, #got)
+      for x = 1, #want do
+        local d = ulps(want[x], got[x])
+        if d > worst then worst = d end
+        if d > 0 then differ = differ + 1 end
+      end
+      n = n + #want
     end
+    assert.is_true(n > 10000)
+    assert.is_true(worst <= 1, "largest deviation " .. worst .. " ulps")
+    assert.is_true(differ <= 1, differ .. " of " .. n .. " values differ from the reference")
   end)
 
   it("rand is the top 24 bits of each Philox word times 2^-24, exactly", function()
-    local t = diffuse.rand({ 4, 9 }, { seed = 123, offset = 10, draw = 5 })
-    assert.same(reference(ref_uniform, { 4, 9 }, 123, 10, 5), flat_of(t))
+    for _, c in ipairs({
+      { shape = { 4, 9 }, s = 123, off = 10, k = 5 },
+      { shape = { 3, 2000 }, s = -7, off = 2 ^ 32 - 2, k = 2 ^ 32 - 1 },
+      { shape = { 5, 3, 67 }, s = 1, off = 0, k = 0 },
+      { shape = { 3000 }, s = 2 ^ 50, off = 5, k = 8 },
+    }) do
+      local s, off, k = math.tointeger(c.s), math.tointeger(c.off), math.tointeger(c.k)
+      local t = diffuse.rand(c.shape, { seed = s, offset = off, draw = k })
+      assert.same(reference(ref_uniform, c.shape, s, off, k), flat_of(t))
+    end
   end)
 
   it("accepts the shape as integers, with or without an options table", function()
@@ -247,10 +294,20 @@ describe("Generator", function()
   end)
 end)
 
-describe("threads", function()
-  -- Runs the same draw in a child Lua with OMP_NUM_THREADS set and returns what it prints.
+describe("threads and instruction sets", function()
+  -- Runs a script in a child Lua with OMP_NUM_THREADS (and DIFFUSE_RNG_ISA) set and returns
+  -- what it prints.
+  local function run(script, threads, isa)
+    local cmd = ("OMP_NUM_THREADS=%d DIFFUSE_RNG_ISA=%s LUA_PATH='%s' LUA_CPATH='%s' lua5.4 -e '%s' 2>&1"):format(
+      threads, isa or "", package.path, package.cpath, script)
+    local p = assert(io.popen(cmd))
+    local out = p:read("a")
+    p:close()
+    return out
+  end
+
   local function child(threads)
-    local script = [[
+    return run([[
 local d = require("diffuse")
 local t = d.randn({1500, 700}, {seed = 5, draw = 2, offset = 11})
 local u = d.zeros(700, 1500):t():uniform_({seed = 6})
@@ -262,13 +319,7 @@ for _, x in ipairs({t, u}) do
   out[#out + 1] = string.format("%.17g %.9g %.9g %.9g", s, v[1], v[#v // 2], v[#v])
 end
 print(table.concat(out, " "))
-]]
-    local cmd = ("OMP_NUM_THREADS=%d LUA_PATH='%s' LUA_CPATH='%s' lua5.4 -e '%s' 2>&1"):format(
-      threads, package.path, package.cpath, script)
-    local p = assert(io.popen(cmd))
-    local out = p:read("a")
-    p:close()
-    return out
+]], threads)
   end
 
   it("results do not depend on the number of threads", function()
@@ -278,6 +329,41 @@ print(table.concat(out, " "))
     -- and the child computes what this process computes
     local t = diffuse.randn({ 1500, 700 }, { seed = 5, draw = 2, offset = 11 })
     assert.equal(string.format("%.9g", t:get(1, 1)), one:match("^%S+ (%S+)"))
+  end)
+
+  -- The fill is compiled for SSE2 (or plain C), AVX2 and AVX-512F and picks the best the CPU
+  -- has; DIFFUSE_RNG_ISA forces one (a variant the CPU lacks falls back to the next one
+  -- below).  All must give the same bits: compare an exact hash (FNV-1a over the float32 bit
+  -- patterns) of normals and uniforms, contiguous and strided, long rows and rows of 1.
+  local hash_script = [[
+local d = require("diffuse")
+local h = 0xcbf29ce484222325
+local function add(t)
+  local v = t:reshape(-1):totable()
+  for i = 1, #v do
+    h = (h ~ string.unpack("<I4", string.pack("<f", v[i]))) * 0x100000001b3
+  end
+end
+add(d.randn({300, 701}, {seed = 3, draw = 7, offset = 2}))
+add(d.randn(40000, {seed = 4}))
+local s = d.zeros(301, 300):t()
+s:normal_({seed = 5})
+add(s)
+add(d.rand({200, 333}, {seed = 6}))
+print(string.format("%016x", h))
+]]
+
+  it("results do not depend on the instruction set the fill was compiled for", function()
+    local ref = run(hash_script, 1, "generic")
+    assert.matches("^%x+\n$", ref)
+    for _, isa in ipairs({ "avx2", "avx512f", "" }) do
+      for _, threads in ipairs({ 1, 2 }) do
+        assert.equal(ref, run(hash_script, threads, isa), "DIFFUSE_RNG_ISA=" .. isa .. ", " .. threads .. " threads")
+      end
+    end
+    -- the variable is read (so the runs above did use the variants asked for)
+    assert.matches("DIFFUSE_RNG_ISA must be generic, avx2 or avx512f",
+      run("require(\"diffuse\").randn(3)", 1, "sse9"))
   end)
 end)
 
