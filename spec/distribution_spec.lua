@@ -14,8 +14,8 @@
 --   dpmpp_sde            edm        0.84                 4.11
 --   dpmpp_2m_sde         edm        0.63                 3.67
 --   dpmpp_3m_sde         edm        0.62                 3.66
---   dpmpp_2m_sde         vp_linear  0.71                 3.65
---   ddpm (small)         vp_linear  0.84                 3.53
+--   dpmpp_2m_sde         vp_linear  0.48                 3.75
+--   ddpm (small)         vp_linear  0.85                 3.52
 --   ddpm (large)         vp_linear  0.75                 3.63
 --
 -- (At n = 30000 the correct samplers give D between 0.003 and 0.011: euler_ancestral, the
