@@ -56,5 +56,7 @@ DF_API void df_open_image(lua_State *L, int methods, int module);
 DF_API void df_open_idx(lua_State *L, int methods, int module);
 DF_API void df_open_models(lua_State *L, int methods, int module);
 DF_API void df_open_plot(lua_State *L, int methods, int module);
+DF_API void df_open_nn(lua_State *L, int methods, int module);
+DF_API void df_open_metrics(lua_State *L, int methods, int module);
 
 #endif
