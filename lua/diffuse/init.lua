@@ -13,6 +13,7 @@ M._VERSION = "diffuse scm"
 M.image = require("diffuse.image")
 M.data = require("diffuse.data")
 M.plot = require("diffuse.plot")
+M.progress = require("diffuse.progress")
 M.schedule = require("diffuse.schedule")
 M.grid = require("diffuse.grid")
 M.predict = require("diffuse.predict")

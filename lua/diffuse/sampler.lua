@@ -48,7 +48,7 @@ local common = {
   model = true, schedule = true, solver = true, steps = true, spacing = true, t_start = true,
   t_end = true, times = true, rho = true, sigma_min = true, sigma_max = true, steps_offset = true, x = true,
   shape = true, seed = true, noise = true, cond = true, callback = true, predicts = true,
-  offset = true,
+  offset = true, progress = true,
 }
 
 local function fail(msg, level) error("sample: " .. msg, (level or 1) + 1) end
@@ -232,8 +232,18 @@ function M.new(o, extra)
 end
 
 -- diffuse.sample{...} -> x, info   (info: nfe, steps, solver, state)
+-- progress = true (or a label string) shows a progress line with the ETA on stderr.
 function M.sample(o)
   local st = M.new(o, 1)
+  if o.progress then
+    local bar = require("diffuse.progress").new{ total = st.n, unit = "steps",
+      label = type(o.progress) == "string" and o.progress or ("sample " .. st.solver.name) }
+    while not st:done() do
+      st:step()
+      bar:update(st.i, { nfe = st.nfe })
+    end
+    bar:finish({ nfe = st.nfe })
+  end
   local x = st:run()
   return x, { nfe = st.nfe, steps = st.n, solver = st.solver.name, state = st }
 end
