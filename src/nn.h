@@ -21,7 +21,8 @@ int df_nn_linear_bwd(const float *x, const float *dy, int64_t n, int64_t in, con
                      int64_t out, float *dx, float *dw, float *db);
 
 /* a = silu(h * (1 + scale) + shift), ss (N, 2D) holds [scale | shift] per row; ss NULL gives
- * a = silu(h).  Backward: dh = d a/d h * da; dss = [da' * h | da'] (overwritten). */
+ * a = silu(h).  Backward: dh = d a/d h * da; dss = [da' * h | da'] (both required, overwritten;
+ * dss only with ss). */
 void df_nn_film_silu_fwd(const float *h, const float *ss, int64_t n, int64_t d, float *a);
 void df_nn_film_silu_bwd(const float *h, const float *ss, const float *da, int64_t n, int64_t d,
                          float *dh, float *dss);
