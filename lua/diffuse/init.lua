@@ -21,6 +21,7 @@ M.sampler = require("diffuse.sampler")
 M.sample = M.sampler.sample
 M.models = require("diffuse.models")
 M.plan = require("diffuse.plan")
+M.nn = require("diffuse.nn")
 
 -- Solver modules register themselves with the sampler when loaded.
 require("diffuse.solvers.exponential") -- ddim, dpmsolver(++), unipc, plan
