@@ -22,6 +22,7 @@ M.sample = M.sampler.sample
 M.models = require("diffuse.models")
 M.plan = require("diffuse.plan")
 M.nn = require("diffuse.nn")
+M.train = require("diffuse.train")
 
 -- Solver modules register themselves with the sampler when loaded.
 require("diffuse.solvers.exponential") -- ddim, dpmsolver(++), unipc, plan
