@@ -20,6 +20,7 @@ M.sampler = require("diffuse.sampler")
 M.sample = M.sampler.sample
 M.models = require("diffuse.models")
 M.plan = require("diffuse.plan")
+M.metrics = require("diffuse.metrics")
 
 -- Solver modules register themselves with the sampler when loaded.
 require("diffuse.solvers.exponential") -- ddim, dpmsolver(++), unipc, plan
