@@ -117,13 +117,15 @@ local function bf_subset(n, m, seed, s, w)
   return out
 end
 
--- Precision, recall, density, coverage by brute force (Naeem et al. 2020, strict <).
-local function bf_prdc(R, F, k)
+-- Precision, recall, density, coverage by brute force (Naeem et al. 2020: strict <, or <=),
+-- on squared distances in Lua doubles.
+local function bf_prdc(R, F, k, inclusive)
+  local function lt(a, b) if inclusive then return a <= b end return a < b end
   local function radii(X)
     local r = {}
     for i = 1, #X do
       local ds = {}
-      for j = 1, #X do if j ~= i then ds[#ds + 1] = math.sqrt(sqdist(X[i], X[j])) end end
+      for j = 1, #X do if j ~= i then ds[#ds + 1] = sqdist(X[i], X[j]) end end
       table.sort(ds)
       r[i] = ds[k]
     end
@@ -133,19 +135,19 @@ local function bf_prdc(R, F, k)
   local prec, dens, rec, cov = 0, 0, 0, 0
   for j = 1, #F do
     local c = 0
-    for i = 1, #R do if math.sqrt(sqdist(R[i], F[j])) < rr[i] then c = c + 1 end end
+    for i = 1, #R do if lt(sqdist(R[i], F[j]), rr[i]) then c = c + 1 end end
     if c > 0 then prec = prec + 1 end
     dens = dens + c
   end
   for i = 1, #R do
     local inside, mind = false, math.huge
     for j = 1, #F do
-      local dd = math.sqrt(sqdist(R[i], F[j]))
-      if dd < fr[j] then inside = true end
+      local dd = sqdist(R[i], F[j])
+      if lt(dd, fr[j]) then inside = true end
       mind = math.min(mind, dd)
     end
     if inside then rec = rec + 1 end
-    if mind < rr[i] then cov = cov + 1 end
+    if lt(mind, rr[i]) then cov = cov + 1 end
   end
   return { precision = prec / #F, recall = rec / #R, density = dens / (k * #F), coverage = cov / #R }
 end
@@ -427,13 +429,31 @@ describe("metrics.prdc", function()
     assert.is_true(got.precision > 0.2 and got.precision < 1 and got.coverage > 0.2 and got.coverage < 1)
   end)
 
-  it("gives precision = recall = coverage = 1 and density ~ 1 for identical sets", function()
-    local r = diffuse.randn({ 300, 8 }, { seed = 33 })
+  it("gives precision = recall = coverage = density = 1 for identical sets", function()
+    -- density is exactly 1: each real ball holds its centre and the k - 1 nearer neighbours
+    -- (the k-th sits on the boundary); near-ties are decided on exact double distances.
+    local r = diffuse.randn({ 1500, 64 }, { seed = 33 })
     local got = metrics.prdc(r, r:clone(), { k = 5 })
-    assert.equal(1, got.precision)
-    assert.equal(1, got.recall)
-    assert.equal(1, got.coverage)
-    assert.is_true(math.abs(got.density - 1) < 0.02, tostring(got.density))
+    assert.same({ precision = 1, recall = 1, density = 1, coverage = 1 }, got)
+  end)
+
+  it("decides exact ties (points on a grid) like the brute force, strict or inclusive", function()
+    local function grid(n, seed)
+      local u = rows(diffuse.rand({ n, 2 }, { seed = seed }))
+      for i = 1, n do for j = 1, 2 do u[i][j] = math.floor(5 * u[i][j]) end end
+      return diffuse.tensor(u)
+    end
+    local r, f = grid(60, 1), grid(45, 2)
+    for _, inclusive in ipairs({ false, true }) do
+      local expected = bf_prdc(rows(r), rows(f), 4, inclusive)
+      local got = metrics.prdc(r, f, { k = 4, inclusive = inclusive, chunk = 16 })
+      assert.allclose({ expected.precision, expected.recall, expected.density, expected.coverage },
+        { got.precision, got.recall, got.density, got.coverage }, 1e-12)
+    end
+    -- with many duplicates the radii are 0: strict balls are empty, inclusive ones are not
+    local strict = metrics.prdc(r, r, { k = 4 })
+    local incl = metrics.prdc(r, r, { k = 4, inclusive = true })
+    assert.is_true(strict.precision < 1 and incl.precision == 1)
   end)
 
   it("is low for far-apart sets", function()

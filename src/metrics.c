@@ -473,6 +473,35 @@ int df_metrics_median_distance(const float *z, int64_t n, int64_t ld, int64_t d,
 
 /* ---- k-NN balls and PRDC --------------------------------------------------------------- */
 
+/* Squared distances come from sgemm as |a|^2 + |b|^2 - 2 a.b, whose float32 dot product is off
+ * by at most about d * 2^-24 * |a| |b|.  Every comparison with a radius that falls within that
+ * bound (times 4) is redone with the exact double distance sum_c (a_c - b_c)^2, which is
+ * symmetric in a and b; radii are exact double distances too.  So the balls and the tests agree
+ * to double precision whatever sgemm's blocking: identical sets give density 1 exactly. */
+static double exact_d2(const float *a, const float *b, int64_t d) {
+  double s = 0;
+  for (int64_t c = 0; c < d; c++) {
+    double e = (double)a[c] - (double)b[c];
+    s += e * e;
+  }
+  return s;
+}
+
+static inline double d2_tol(int64_t d, double n2a, double n2b) {
+  return (double)(d + 2) * 2.5e-7 * (n2a + n2b) + 1e-300;
+}
+
+/* Is the point at approximate squared distance v (exact: from a to b) inside radius r2? */
+static inline int inside(double v, double tol, double r2, int inclusive, const float *a,
+                         const float *b, int64_t d) {
+  if (v < r2 - tol) return 1;
+  if (v > r2 + tol) return 0;
+  double e = exact_d2(a, b, d);
+  return inclusive ? e <= r2 : e < r2;
+}
+
+#define KNN_EXTRA 8 /* candidates kept beyond k, re-ranked exactly */
+
 int df_metrics_knn_radii(const float *x, int64_t n, int64_t ld, int64_t d, int k, int64_t chunk,
                          double *r2) {
   if (n == 0) return DF_METRICS_OK;
@@ -487,6 +516,8 @@ int df_metrics_knn_radii(const float *x, int64_t n, int64_t ld, int64_t d, int k
     return DF_METRICS_ENOMEM;
   }
   row_norms2(x, n, ld, d, n2);
+  int keep = k + KNN_EXTRA;
+  if (keep > n - 1) keep = (int)(n - 1);
   for (int64_t i0 = 0; i0 < n; i0 += br) {
     int64_t m = n - i0 < br ? n - i0 : br;
     if (df_sgemm(0, 1, m, n, d, 1.0f, x + i0 * ld, ld, x, ld, 0.0f, g, n) != 0) {
@@ -497,21 +528,34 @@ int df_metrics_knn_radii(const float *x, int64_t n, int64_t ld, int64_t d, int k
     for (int64_t r = 0; r < m; r++) {
       int64_t i = i0 + r;
       const float *gr = g + r * n;
-      double best[64]; /* k <= 64, checked by the caller */
+      double best[64 + KNN_EXTRA];
+      int64_t who[64 + KNN_EXTRA];
       int have = 0;
       for (int64_t j = 0; j < n; j++) {
         if (j == i) continue;
         double v = n2[i] + n2[j] - 2.0 * gr[j];
-        if (v < 0) v = 0;
-        if (have == k && v >= best[k - 1]) continue;
-        int p = have < k ? have++ : k - 1;
+        if (have == keep && v >= best[keep - 1]) continue;
+        int p = have < keep ? have++ : keep - 1;
+        while (p > 0 && best[p - 1] > v) {
+          best[p] = best[p - 1];
+          who[p] = who[p - 1];
+          p--;
+        }
+        best[p] = v;
+        who[p] = j;
+      }
+      /* re-rank the candidates by exact distance; the k-th is the radius */
+      for (int q = 0; q < have; q++) best[q] = exact_d2(x + i * ld, x + who[q] * ld, d);
+      for (int q = 1; q < have; q++) {
+        double v = best[q];
+        int p = q;
         while (p > 0 && best[p - 1] > v) {
           best[p] = best[p - 1];
           p--;
         }
         best[p] = v;
       }
-      r2[i] = have == k ? best[k - 1] : INFINITY;
+      r2[i] = have >= k ? best[k - 1] : INFINITY;
     }
   }
   free(g);
@@ -529,68 +573,55 @@ int df_metrics_prdc(const float *real, int64_t nr, int64_t ldr, const float *fak
   if (br > nf) br = nf;
   float *g = malloc(sizeof(float) * (size_t)(br * nr));
   double *rn2 = malloc(sizeof(double) * (size_t)nr), *fn2 = malloc(sizeof(double) * (size_t)nf);
-  double *minr = malloc(sizeof(double) * (size_t)nr);
-  unsigned char *rec = calloc((size_t)nr, 1);
+  unsigned char *rec = calloc((size_t)nr, 1), *cov = calloc((size_t)nr, 1);
   int64_t *cnt = malloc(sizeof(int64_t) * (size_t)nf);
   int st = DF_METRICS_ENOMEM;
-  if (!g || !rn2 || !fn2 || !minr || !rec || !cnt) goto done;
+  if (!g || !rn2 || !fn2 || !rec || !cov || !cnt) goto done;
   row_norms2(real, nr, ldr, d, rn2);
   row_norms2(fake, nf, ldf, d, fn2);
-  for (int64_t i = 0; i < nr; i++) minr[i] = INFINITY;
   for (int64_t j0 = 0; j0 < nf; j0 += br) {
     int64_t m = nf - j0 < br ? nf - j0 : br;
     if (df_sgemm(0, 1, m, nr, d, 1.0f, fake + j0 * ldf, ldf, real, ldr, 0.0f, g, nr) != 0) {
       st = DF_METRICS_ENOBLAS;
       goto done;
     }
-    /* per fake row: how many real balls contain it */
     for (int64_t r = 0; r < m; r++) {
-      const float *gr = g + r * nr;
-      double fj = fn2[j0 + r];
+      int64_t j = j0 + r;
+      const float *gr = g + r * nr, *fj = fake + j * ldf;
+      double fn = fn2[j], fr = fake_r2[j];
       int64_t c = 0;
       for (int64_t i = 0; i < nr; i++) {
-        double v = fj + rn2[i] - 2.0 * gr[i];
-        if (v < 0) v = 0;
-        c += inclusive ? v <= real_r2[i] : v < real_r2[i];
-      }
-      cnt[j0 + r] = c;
-    }
-    /* per real row (in column slices): nearest fake so far, inside some fake ball */
-    int64_t nslice = 64, slice = (nr + nslice - 1) / nslice;
-    for (int64_t s = 0; s < nslice; s++) {
-      int64_t a = s * slice, b = a + slice < nr ? a + slice : nr;
-      for (int64_t r = 0; r < m; r++) {
-        const float *gr = g + r * nr;
-        double fj = fn2[j0 + r], fr = fake_r2[j0 + r];
-        for (int64_t i = a; i < b; i++) {
-          double v = fj + rn2[i] - 2.0 * gr[i];
-          if (v < 0) v = 0;
-          if (v < minr[i]) minr[i] = v;
-          if (inclusive ? v <= fr : v < fr) rec[i] = 1;
+        double v = fn + rn2[i] - 2.0 * gr[i], tol = d2_tol(d, fn, rn2[i]);
+        const float *ri = real + i * ldr;
+        if (inside(v, tol, real_r2[i], inclusive, fj, ri, d)) { /* fake j in real ball i */
+          c++;
+          cov[i] = 1;
         }
+        if (!rec[i] && inside(v, tol, fr, inclusive, ri, fj, d)) rec[i] = 1; /* real i in fake ball j */
       }
+      cnt[j] = c;
     }
   }
-  double prec = 0, dens = 0, recall = 0, cov = 0;
+  double prec = 0, dens = 0, recall = 0, cover = 0;
   for (int64_t j = 0; j < nf; j++) {
     prec += cnt[j] > 0;
     dens += (double)cnt[j];
   }
   for (int64_t i = 0; i < nr; i++) {
     recall += rec[i];
-    cov += inclusive ? minr[i] <= real_r2[i] : minr[i] < real_r2[i];
+    cover += cov[i];
   }
   out[0] = prec / (double)nf;
   out[1] = recall / (double)nr;
   out[2] = dens / ((double)k * (double)nf);
-  out[3] = cov / (double)nr;
+  out[3] = cover / (double)nr;
   st = DF_METRICS_OK;
 done:
   free(g);
   free(rn2);
   free(fn2);
-  free(minr);
   free(rec);
+  free(cov);
   free(cnt);
   return st;
 }

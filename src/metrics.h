@@ -77,14 +77,17 @@ int df_metrics_kid(const float *x, int64_t nx, int64_t ldx, const float *y, int6
 int df_metrics_median_distance(const float *z, int64_t n, int64_t ld, int64_t d, double *median);
 
 /* Squared distance from each row of x (n x d) to its k-th nearest other row (the row itself
- * excluded by index, duplicates count), into r2 (n).  Needs 1 <= k <= min(n - 1, 64). */
+ * excluded by index, duplicates count), into r2 (n): candidates found with sgemm, then the
+ * exact double distances sum_c (x_ic - x_jc)^2 of the best k + 8 re-ranked.  Needs
+ * 1 <= k <= min(n - 1, 64). */
 int df_metrics_knn_radii(const float *x, int64_t n, int64_t ld, int64_t d, int k, int64_t chunk,
                          double *r2);
 
 /* Precision, recall, density, coverage (Naeem et al. 2020) of fake (nf x d) against real
  * (nr x d), given the squared k-NN radii of each set (df_metrics_knn_radii).  A point is inside
- * a ball when its squared distance is < r2 (inclusive != 0: <= r2).  out = {precision, recall,
- * density, coverage}. */
+ * a ball when its squared distance is < r2 (inclusive != 0: <= r2); a comparison within the
+ * float32 error bound of sgemm's distance is redone with the exact double distance.
+ * out = {precision, recall, density, coverage}. */
 int df_metrics_prdc(const float *real, int64_t nr, int64_t ldr, const float *fake, int64_t nf,
                     int64_t ldf, int64_t d, int k, const double *real_r2,
                     const double *fake_r2, int inclusive, int64_t chunk, double out[4]);
