@@ -23,6 +23,7 @@ M.models = require("diffuse.models")
 M.plan = require("diffuse.plan")
 M.nn = require("diffuse.nn")
 M.train = require("diffuse.train")
+M.metrics = require("diffuse.metrics")
 
 -- Solver modules register themselves with the sampler when loaded.
 require("diffuse.solvers.exponential") -- ddim, dpmsolver(++), unipc, plan
