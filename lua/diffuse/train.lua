@@ -114,6 +114,7 @@ local function loop(fname, o, parts, body)
         recent = {}
       end
       if bar then bar:update(step, { loss = loss, lr = parts.optimizer.lr }) end
+      if o.on_step then o.on_step(step, loss) end
       if o.checkpoint_every > 0 and step % o.checkpoint_every == 0 then save(step) end
       if stop() then
         stopped = true
@@ -129,7 +130,7 @@ end
 local common = {
   steps = 1000, batch = 128, lr = 2e-4, lr_min = 0.0, warmup = 0, decay = "constant", weight_decay = 0.0,
   clip = 1.0, ema = 0.999, seed = 0, checkpoint = false, checkpoint_every = 0, resume = true,
-  progress = true, log_every = 100, label = "train",
+  progress = true, log_every = 100, label = "train", on_step = false,
 }
 
 local function with(defaults, extra)
@@ -141,7 +142,8 @@ end
 
 -- train.denoiser{net, images, labels, schedule, objective = "eps" | "v" | "x0",
 --   t_min, t_max, steps, batch, lr, warmup, decay, weight_decay, clip, ema, seed, checkpoint,
---   checkpoint_every, resume, progress, log_every, label} -> report {steps, history, stopped, ema}
+--   checkpoint_every, resume, progress, log_every, label, on_step = function(step, loss)}
+--   -> report {steps, history, stopped, ema}
 -- The net is called as net:forward(x_t, t * time_input_scale, labels); label dropout is the
 -- net's own (ResMLP's label_dropout option).  With `ema`, the returned report.ema holds the
 -- averaged weights (report.ema:copy_to(net) before saving or sampling).
