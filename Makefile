@@ -78,6 +78,8 @@ install: all
 	mkdir -p $(INST_LIBDIR)/diffuse $(INST_LUADIR)/diffuse
 	cp $(MODULE) $(INST_LIBDIR)/diffuse/core.so
 	cp -R lua/diffuse/. $(INST_LUADIR)/diffuse/
+	mkdir -p $(INST_LUADIR)/diffuse/models
+	for f in models/*.safetensors; do [ -e "$$f" ] && cp "$$f" $(INST_LUADIR)/diffuse/models/ || true; done
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.  The sanitizer
 # runtimes must be loaded before lua5.4 itself, hence LD_PRELOAD; subprocesses that specs

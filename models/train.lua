@@ -70,7 +70,8 @@ elseif what == "denoiser" then
     checkpoint_every = 500, label = "denoiser" }
   print(("final loss %.5f (%.0f s)"):format(r.history[#r.history] and r.history[#r.history].loss or 0 / 0,
     diffuse.wtime() - t0))
-  finish(net, r, "fashion-denoiser", { ["train.objective"] = "v", ["train.schedule"] = tostring(schedule),
+  finish(net, r, "fashion-denoiser", { ["diffuse.predicts"] = "v", ["diffuse.schedule"] = tostring(schedule),
+    ["train.objective"] = "v", ["train.schedule"] = tostring(schedule),
     ["train.label_dropout"] = "0.1", ["train.final_loss"] = r.history[#r.history] and r.history[#r.history].loss })
 else
   io.stderr:write("usage: lua5.4 models/train.lua classifier|tclassifier|denoiser [steps]\n")

@@ -631,4 +631,69 @@ function M.as(m, kind)
     { predicts = kind, schedule = m.schedule })
 end
 
+-- ---------------------------------------------------------------------------------------
+-- Shipped models: models.load(name) finds <name>.safetensors in $DIFFUSE_MODELS (a list of
+-- directories separated by ':'), next to the installed module (<lua dir>/diffuse/models/),
+-- or in a source tree's models/ directory.
+
+function M.model_dirs()
+  local dirs = {}
+  local env = os.getenv("DIFFUSE_MODELS")
+  if env then for d in env:gmatch("[^:]+") do dirs[#dirs + 1] = d end end
+  local init = package.searchpath("diffuse", package.path)
+  if init then
+    local base = init:match("^(.*)/[^/]*$") or "."
+    dirs[#dirs + 1] = base .. "/models"
+    dirs[#dirs + 1] = base .. "/../../models"
+  end
+  return dirs
+end
+
+-- "diffuse.schedule.vp_cosine{s=0.008}" -> the schedule it names.
+local function schedule_from_string(text)
+  local kind, args = tostring(text):match("^diffuse%.schedule%.([%w_]+){(.*)}$")
+  local sched = require("diffuse.schedule")
+  if not kind or type(sched[kind]) ~= "function" then return nil end
+  local o = {}
+  for k, v in args:gmatch("([%w_]+)=([^,]+)") do
+    v = v:gsub("^%s+", ""):gsub("%s+$", "")
+    if v == "true" or v == "false" then o[k] = v == "true"
+    elseif tonumber(v) then o[k] = tonumber(v)
+    else o[k] = v end
+  end
+  local ok, s = pcall(sched[kind], o)
+  return ok and s or nil
+end
+
+-- models.load(name) -> model, info  (or nil, message when no file is found or it is bad).
+-- A denoiser comes back ready for diffuse.sample (it declares what it predicts and carries
+-- its schedule); a classifier comes back as its network.  info = {net, metadata, path, kind}.
+function M.load(name)
+  if type(name) ~= "string" or name == "" then fail("models.load", "name must be a non-empty string", 2) end
+  local nn = require("diffuse.nn")
+  local tried = {}
+  for _, dir in ipairs(M.model_dirs()) do
+    local path = ("%s/%s.safetensors"):format(dir, name)
+    local f = io.open(path, "rb")
+    if f then
+      f:close()
+      local net, md = nn.load(path)
+      if not net then return nil, md end
+      local info = { net = net, metadata = md, path = path }
+      local predicts = md["diffuse.predicts"] or md["train.objective"]
+      if net._class == "ResMLP" and predicts then
+        local schedule = schedule_from_string(md["diffuse.schedule"] or md["train.schedule"])
+        if not schedule then return nil, ("%s: the file does not name a schedule it was trained with"):format(path) end
+        info.kind, info.schedule = "denoiser", schedule
+        return nn.as_model(net, { predicts = predicts, schedule = schedule }), info
+      end
+      info.kind = "classifier"
+      return net, info
+    end
+    tried[#tried + 1] = dir
+  end
+  return nil, ("no model '%s' (looked in %s; set DIFFUSE_MODELS to add directories)"):format(name,
+    table.concat(tried, ", "))
+end
+
 return M
