@@ -19,7 +19,9 @@ local function best(f, reps)
   return b
 end
 
-local N, W, DEPTH, EMB = 256, 1024, 6, 256
+-- The shipped fashion-denoiser's architecture (models/train.lua); `lua5.4 nn_bench.lua 1024`
+-- measures another width.
+local N, W, DEPTH, EMB = 256, tonumber(arg and arg[1]) or 768, 6, 256
 local info = diffuse.blas_info()
 print(("diffuse.nn bench: OpenBLAS core %s, %d threads"):format(info.core, info.threads))
 
