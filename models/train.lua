@@ -35,8 +35,9 @@ end
 local t0 = diffuse.wtime()
 if what == "classifier" then
   local net = nn.CNN{ in_channels = 1, image_size = 28, channels = { 32, 64, 128 }, num_classes = 10, seed = 1 }
-  local r = train.classifier{ net = net, images = data.images, labels = data.labels, steps = steps or 4000,
+  local r = train.classifier{ net = net, images = data.images, labels = data.labels, steps = steps or 8000,
     batch = 128, lr = 2e-3, warmup = 100, decay = "cosine", weight_decay = 0.01, seed = 1, ema = 0.999,
+    augment = function(x, step) return train.random_flip(x, 11, step) end,
     checkpoint = "build/checkpoints/fashion-classifier.ckpt", checkpoint_every = 500, label = "classifier" }
   if r.ema then r.ema:copy_to(net) end
   local acc = train.accuracy(net, test.images, test.labels)

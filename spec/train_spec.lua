@@ -96,3 +96,23 @@ describe("train.classifier", function()
     assert.is_true(train.accuracy(tc, x, labels, { t = 0.05 }) > 0.9)
   end)
 end)
+
+describe("train.random_flip", function()
+  it("mirrors some images left-right and leaves the others, deterministically", function()
+    local x = diffuse.randn({ 16, 1, 3, 4 }, { seed = 1 })
+    local y = train.random_flip(x, 5, 2)
+    local flipped, kept = 0, 0
+    for i = 1, 16 do
+      local a, b = x[i][1]:totable(), y[i][1]:totable()
+      local same, mirror = true, true
+      for r = 1, 3 do for c = 1, 4 do
+        if b[r][c] ~= a[r][c] then same = false end
+        if b[r][c] ~= a[r][5 - c] then mirror = false end
+      end end
+      assert.is_true(same or mirror)
+      if same then kept = kept + 1 else flipped = flipped + 1 end
+    end
+    assert.is_true(flipped > 0 and kept > 0)
+    assert.equal(0, y:max_abs_diff(train.random_flip(x, 5, 2)))
+  end)
+end)

@@ -183,11 +183,11 @@ function M.denoiser(o)
 end
 
 -- train.classifier{net, images, labels, schedule = false (clean) | a schedule (noise-
---   conditioned: trained on x_t and t), ...common} -> report.  The net is called as
+--   conditioned: trained on x_t and t), augment = function(x, step) -> x, ...common} -> report.  The net is called as
 -- net:forward(x[, t]) and returns logits.
 function M.classifier(o)
   local F = "train.classifier"
-  o = check(F, o, with(common, { schedule = false, t_min = 1e-3, t_max = false, ema = 0.0 }),
+  o = check(F, o, with(common, { schedule = false, t_min = 1e-3, t_max = false, ema = 0.0, augment = false }),
     { net = true, images = true, labels = true })
   local n = #o.images
   local net = o.net
@@ -199,6 +199,7 @@ function M.classifier(o)
   local report = loop(F, o, { model = net, optimizer = opt, ema = ema }, function(step)
     local rows = batch_rows(n, o.batch, o.seed, step)
     local x = o.images:gather(rows)
+    if o.augment then x = o.augment(x, step) end
     local logits
     if o.schedule then
       local xt, t = noised(x, o.schedule, o, step)
@@ -218,6 +219,21 @@ function M.classifier(o)
   end)
   report.ema = ema
   return report
+end
+
+-- A batch of (N, C, H, W) images with each image mirrored left-right or not, by a coin from
+-- (seed, step): the usual augmentation for Fashion-MNIST classifiers.
+function M.random_flip(x, seed, step)
+  local n, c, h, w = table.unpack(x:shape())
+  local rev = {}
+  for j = 1, w do rev[j] = w - j + 1 end
+  local flipped = x:reshape(n * c * h, w):t():gather(rev):t():contiguous():view(n, c * h * w)
+  local coin = core.rand({ n, 1 }, { seed = seed, draw = 4 * step + 3 })
+  local m = {}
+  for i = 1, n do m[i] = coin:get(i, 1) < 0.5 and 1 or 0 end
+  local mask = core.tensor(m):view(n, 1)
+  local flat = x:reshape(n, c * h * w)
+  return flat:mul(mask):add_(flipped:mul(mask:mul(-1):add_(1))):view(n, c, h, w)
 end
 
 -- Fraction of rows whose argmax logit is the label: net:forward(x[, t]) in batches.
