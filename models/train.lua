@@ -66,7 +66,7 @@ elseif what == "denoiser" then
     label_dropout = 0.1, time_scale = 1000, seed = 3 }
   print(net)
   local r = train.denoiser{ net = net, images = data.images, labels = data.labels, schedule = schedule,
-    objective = "v", steps = steps or 15000, batch = 256, lr = 1e-3, warmup = 500, decay = "cosine",
+    objective = "v", steps = steps or 10000, batch = 256, lr = 1e-3, warmup = 500, decay = "cosine",
     lr_min = 1e-5, clip = 1.0, ema = 0.999, seed = 3, checkpoint = "build/checkpoints/fashion-denoiser.ckpt",
     checkpoint_every = 500, label = "denoiser" }
   print(("final loss %.5f (%.0f s)"):format(r.history[#r.history] and r.history[#r.history].loss or 0 / 0,
