@@ -20,7 +20,7 @@ local test = assert(diffuse.data.fashion_mnist{ split = "test" })
 
 local function features(x) return classifier:features(x:view(#x, 1, 28, 28)) end
 local ref = metrics.reference_stats("fashion-test", features, function() return test.images end,
-  { version = info.path .. ":" .. tostring(classifier:num_parameters()) })
+  { version = diffuse.models.fingerprint(classifier) })
 local floor = metrics.floor(features, test.images, { seed = 1 })
 print(("FD floor (two halves of the test set): %.3f"):format(floor))
 

@@ -665,6 +665,17 @@ local function schedule_from_string(text)
   return ok and s or nil
 end
 
+-- A short fingerprint of a network's weights (sums of every parameter in double), for cache
+-- keys: a retrained model gets new reference statistics.
+function M.fingerprint(net)
+  local a, b = 0, 0
+  for i, p in ipairs(net:parameters()) do
+    a = a + p.value:sum() * (1 + i * 1e-3)
+    b = b + p.value:abs():sum()
+  end
+  return ("%.12g/%.12g"):format(a, b)
+end
+
 -- models.load(name) -> model, info  (or nil, message when no file is found or it is bad).
 -- A denoiser comes back ready for diffuse.sample (it declares what it predicts and carries
 -- its schedule); a classifier comes back as its network.  info = {net, metadata, path, kind}.
@@ -680,9 +691,10 @@ function M.load(name)
       local net, md = nn.load(path)
       if not net then return nil, md end
       local info = { net = net, metadata = md, path = path }
-      local predicts = md["diffuse.predicts"] or md["train.objective"]
+      -- A denoiser's file says what it was trained to predict, under which schedule.
+      local predicts = md["train.objective"]
       if net._class == "ResMLP" and predicts then
-        local schedule = schedule_from_string(md["diffuse.schedule"] or md["train.schedule"])
+        local schedule = schedule_from_string(md["train.schedule"])
         if not schedule then return nil, ("%s: the file does not name a schedule it was trained with"):format(path) end
         info.kind, info.schedule = "denoiser", schedule
         return nn.as_model(net, { predicts = predicts, schedule = schedule }), info
