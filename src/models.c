@@ -1,5 +1,6 @@
 /* Kernels of the exact models (see models.h).  Pure C: no lua.h, no aborts; scratch memory is
  * malloc'ed and freed within each call, failures come back as status codes. */
+#include "fastexp.h"
 #include "models.h"
 
 #include <math.h>
@@ -202,27 +203,11 @@ done:
 /* ---------------------------------------------------------------------------------------- */
 /* Empirical-data denoiser                                                                   */
 
-/* exp(x) for x <= 0 (x = -inf and NaN-free inputs), relative error ~2e-7, written so that the
- * compiler vectorises the loop that calls it: Cody-Waite reduction x = n ln2 + r, a degree-7
- * polynomial for e^r on |r| <= ln2/2, 2^n from the exponent bits.  Below -87.3 (where e^x
- * leaves float's normal range) it returns 0. */
+/* exp(x) for x <= 0 (NaN-free inputs): 0 below -87.3, where e^x leaves float's normal range. */
 static inline float exp_nonpos(float x) {
   float keep = x >= -87.3f ? 1.0f : 0.0f;
   x = x >= -87.3f ? x : -87.3f;
-  float t = x * 1.44269504088896341f;
-  float n = (t + 12582912.0f) - 12582912.0f; /* round to nearest */
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  union { int32_t i; float f; } b;
-  b.i = ((int32_t)n + 127) << 23;
-  return p * b.f * keep;
+  return df_fastexp_core(x) * keep;
 }
 
 int df_empirical_denoise(const float *x, int64_t n, int64_t d, const float *data, int64_t m,

@@ -11,30 +11,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fastexp.h"
 #include "nn.h"
 
-/* e^x for x in float range; clamped to [-87.3, 88.7].  Cody-Waite reduction by ln 2 and a
- * degree-6 polynomial; 2^n built in the exponent bits. */
+/* e^x for any float x: clamped to [-87.3, 88.7] first. */
 static inline float fexp(float x) {
   x = x < -87.3f ? -87.3f : x;
   x = x > 88.7f ? 88.7f : x;
-  float t = x * 1.44269504088896341f;
-  float nf = (t + 12582912.0f) - 12582912.0f; /* round to nearest */
-  float r = x - nf * 0.693359375f;
-  r = r - nf * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  union {
-    int32_t i;
-    float f;
-  } u;
-  u.i = ((int32_t)nf + 127) << 23;
-  return p * u.f;
+  return df_fastexp_core(x);
 }
 
 static inline float fsigmoid(float x) { return 1.0f / (1.0f + fexp(-x)); }
