@@ -16,32 +16,9 @@ local M = {}
 local inf = math.huge
 local LOG_2PI = math.log(2 * math.pi)
 
-local function is_tensor(v)
-  return type(v) == "userdata" and getmetatable(v) ~= nil and v.gather ~= nil
-end
-
-local function fail(fname, msg, level) error(("%s: %s"):format(fname, msg), (level or 1) + 1) end
-
-local function shape_str(t) return "[" .. table.concat(t:shape(), "x") .. "]" end
-
-local function sorted_keys(t)
-  local out = {}
-  for k in pairs(t) do out[#out + 1] = k end
-  table.sort(out)
-  return out
-end
-
-local function check_options(fname, opts, valid, level)
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then fail(fname, "options must be a table", level + 1) end
-  for k in pairs(opts) do
-    if not valid[k] then
-      fail(fname, ("unknown option '%s' (valid: %s)"):format(tostring(k), table.concat(sorted_keys(valid), ", ")),
-        level + 1)
-    end
-  end
-  return opts
-end
+local util = require("diffuse.util")
+local is_tensor, shape_str, fail, sorted_keys, check_options =
+  util.is_tensor, util.shape_str, util.fail, util.sorted_keys, util.check_options
 
 -- A list of numbers from a Lua list or a 1-d tensor.
 local function number_list(fname, name, v, level)
