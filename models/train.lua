@@ -81,6 +81,13 @@ elseif what == "denoiser" then
     objective = "v", steps = steps or 10000, batch = 256, lr = 1e-3, warmup = 500, decay = "cosine",
     lr_min = 1e-5, clip = 1.0, ema = 0.999, seed = 3, checkpoint = "build/checkpoints/fashion-denoiser.ckpt",
     checkpoint_every = 500, label = "denoiser" }
+  if r.ema then r.ema:copy_to(net) end
+  -- Phase 2: 10000 more steps from the phase-1 (EMA) weights at a lower learning rate.
+  local r2 = train.denoiser{ net = net, images = data.images, labels = data.labels, schedule = schedule,
+    objective = "v", steps = 10000, batch = 256, lr = 3e-4, warmup = 0, decay = "cosine", lr_min = 1e-5,
+    clip = 1.0, ema = 0.999, seed = 31, checkpoint = "build/checkpoints/fashion-denoiser-2.ckpt",
+    checkpoint_every = 500, label = "denoiser-2" }
+  r.steps, r.ema, r.history = r.steps + r2.steps, r2.ema, r2.history
   print(("final loss %.5f (%.0f s)"):format(r.history[#r.history] and r.history[#r.history].loss or 0 / 0,
     diffuse.wtime() - t0))
   finish(net, r, "fashion-denoiser", { ["train.objective"] = "v", ["train.schedule"] = tostring(schedule),
