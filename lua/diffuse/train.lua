@@ -127,6 +127,17 @@ local function loop(fname, o, parts, body)
   return { steps = last, history = history, stopped = stopped }
 end
 
+-- One optimisation step from the loss gradient: backward, clipping, learning rate, AdamW, EMA.
+local function update(net, opt, ema, o, step, loss, grad)
+  net:zero_grad()
+  net:backward(grad, { input_grad = false })
+  if o.clip > 0 then nn.clip_grad_norm(net:parameters(), o.clip) end
+  opt.lr = lr_at(o, step)
+  opt:step()
+  if ema then ema:update() end
+  return loss
+end
+
 local common = {
   steps = 1000, batch = 128, lr = 2e-4, lr_min = 0.0, warmup = 0, decay = "constant", weight_decay = 0.0,
   clip = 1.0, ema = 0.999, seed = 0, checkpoint = false, checkpoint_every = 0, resume = true,
@@ -170,21 +181,15 @@ function M.denoiser(o)
     else target = eps:mul(a):sub_(flat:mul(s)) end
     local pred = net:forward(xt, t, pick_labels(o.labels or nil, rows))
     local loss, grad = nn.mse(pred, target)
-    net:zero_grad()
-    net:backward(grad, { input_grad = false })
-    if o.clip > 0 then nn.clip_grad_norm(net:parameters(), o.clip) end
-    opt.lr = lr_at(o, step)
-    opt:step()
-    if ema then ema:update() end
-    return loss
+    return update(net, opt, ema, o, step, loss, grad)
   end)
   report.ema = ema
   return report
 end
 
 -- train.classifier{net, images, labels, schedule = false (clean) | a schedule (noise-
---   conditioned: trained on x_t and t), augment = function(x, step) -> x, ...common} -> report.  The net is called as
--- net:forward(x[, t]) and returns logits.
+--   conditioned: trained on x_t and t), augment = function(x, step) -> x, ...common}
+--   -> report.  The net is called as net:forward(x[, t]) and returns logits.
 function M.classifier(o)
   local F = "train.classifier"
   o = check(F, o, with(common, { schedule = false, t_min = 1e-3, t_max = false, ema = 0.0, augment = false }),
@@ -209,13 +214,7 @@ function M.classifier(o)
       logits = net:forward(x)
     end
     local loss, grad = nn.cross_entropy(logits, pick_labels(o.labels, rows))
-    net:zero_grad()
-    net:backward(grad, { input_grad = false })
-    if o.clip > 0 then nn.clip_grad_norm(net:parameters(), o.clip) end
-    opt.lr = lr_at(o, step)
-    opt:step()
-    if ema then ema:update() end
-    return loss
+    return update(net, opt, ema, o, step, loss, grad)
   end)
   report.ema = ema
   return report
