@@ -54,10 +54,13 @@ local common = {
 local function fail(msg, level) error("sample: " .. msg, (level or 1) + 1) end
 
 -- Model evaluation: returns x0, eps at (x, t) and counts one NFE.  need = "x0" or "eps"
--- computes only that one (the other comes back nil).
-function State:eval(x, t, need)
+-- computes only that one (the other comes back nil).  The model gets a fourth argument, the
+-- call context {state = this state, skip = extra.skip}: neural models read `skip` (residual
+-- blocks to leave out), and wrappers such as guidance keep per-run, per-row memory in
+-- state.aux, which clone() and gather() copy like the solver's memory.
+function State:eval(x, t, need, extra)
   local p = self:point(t)
-  local out = self.model(x, p, self.cond)
+  local out = self.model(x, p, self.cond, { state = self, skip = extra and extra.skip })
   if getmetatable(out) == nil or type(out.shape) ~= "function" then
     fail(("the model returned %s, not a tensor (at t = %.6g)"):format(type(out), t), 2)
   end
@@ -135,6 +138,7 @@ local function clone_state(self, f)
   local c = setmetatable({}, State)
   for k, v in pairs(self) do c[k] = v end
   c.mem = copy(self.mem, f, {})
+  c.aux = copy(self.aux, f, {})
   if f then
     c.x = f(self.x)
     if self.x0 then c.x0 = f(self.x0) end
@@ -190,7 +194,7 @@ function M.new(o, extra)
   local st = setmetatable({
     model = model, predicts = predicts, schedule = sched, cond = o.cond, solver = solver,
     callback = o.callback, noise = o.noise, seed = o.seed or 0, offset = o.offset or 0,
-    i = 0, nfe = 0, draws = 0, mem = {}, _points = {}, opts = {},
+    i = 0, nfe = 0, draws = 0, mem = {}, aux = {}, _points = {}, opts = {},
   }, State)
   for k, default in pairs(solver.options) do
     local v = o[k]
