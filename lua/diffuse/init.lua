@@ -33,4 +33,15 @@ require("diffuse.solvers.ddpm")
 require("diffuse.solvers.timeshift")
 M.exact_ode = require("diffuse.solvers.adaptive").exact_ode -- and rk45
 
+-- Layers above the sampler load on first use: diffuse.search (solver-schedule search),
+-- diffuse.plans (searched plans shipped as data), diffuse.guidance.
+local lazy = { search = "diffuse.search", plans = "diffuse.plans", guidance = "diffuse.guidance" }
+setmetatable(M, { __index = function(t, k)
+  local name = lazy[k]
+  if not name then return nil end
+  local mod = require(name)
+  rawset(t, k, mod)
+  return mod
+end })
+
 return M
