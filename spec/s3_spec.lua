@@ -128,6 +128,22 @@ describe("search.s3", function()
     assert.is_true(failed > 3)
   end)
 
+  it("a final stage re-scores the top plans on other noise and picks the best mean", function()
+    local g = f:with_seed(9)
+    local best, score, info = s3(opts({ final = { fitness = g, top = 4 }, archive = path }))
+    assert.are.equal(4, #info.final)
+    local want = math.huge
+    for _, r in ipairs(info.final) do
+      assert.is_near(r.mean, (r.score + r.final) / 2, 1e-15)
+      want = math.min(want, r.mean)
+    end
+    assert.is_near(want, (score + info.final_score) / 2, 1e-15)
+    assert.is_near(info.final_score, (g({ solver = "plan", plan = best })), 1e-12)
+    -- resumed: the final scores come from the archive
+    local _, _, again = s3(opts({ final = { fitness = g, top = 4 }, archive = path }))
+    assert.are.equal(0, again.evaluated)
+  end)
+
   it("checks its options", function()
     assert.has_error(function() s3({ nfe = 4 }) end)
     local ok, err = pcall(s3, opts({ generation = 3 }))

@@ -1,0 +1,248 @@
+-- The S3 runs behind docs/search.md: searched plans for the shipped Fashion-MNIST denoiser,
+-- and the same comparison on a 2-D and a 64-D Gaussian mixture.
+--
+--   lua5.4 scripts/s3_fashion.lua search NFE [out_dir = build/s3] [generations = 40] [max_seconds = 840]
+--       one S3 search at this NFE, FD on 1000 samples (seed 1); archive out_dir/fashion-nfeN.jsonl
+--       (a rerun resumes it), best plan out_dir/fashion-s3-nfeN.json
+--   lua5.4 scripts/s3_fashion.lua report [out_dir = build/s3] [n = 2000] [nfes = 4,5,6,8,10]
+--       held-out FD (seed 2, n samples) of the searched plans and of the presets: the best
+--       presets of each search's stage 1 (seed 1) re-measured on the held-out noise; writes
+--       out_dir/fashion.md, fashion.dat, fashion.png (gnuplot) and plans/fashion-s3-nfeN.json
+--   lua5.4 scripts/s3_fashion.lua mixtures [out_dir = build/s3] [nfes = 4,5,6,8,10]
+--       the same on the mixtures, fitness = RMS error to the exact ODE solution; out_dir/mixtures.md
+local diffuse = require("diffuse")
+local search = diffuse.search
+local json = require("diffuse.json")
+
+local mode = arg and arg[1] or "search"
+
+local function list_of(s, default)
+  if not s or s == "" then return default end
+  local out = {}
+  for v in s:gmatch("[^,]+") do out[#out + 1] = tonumber(v) end
+  return out
+end
+
+local function write(path, text)
+  local tmp = path .. ".tmp"
+  local f = assert(io.open(tmp, "w"))
+  f:write(text)
+  f:close()
+  assert(os.rename(tmp, path))
+end
+
+-- The Fashion-MNIST search space: the full USF space (orders up to 4, both predictions,
+-- any derivative points within 4 back, every scaling, correctors), plus the analytic first
+-- step when this build's plans have it.
+local function fashion_space()
+  local sp = { max_order = 4 }
+  if require("diffuse.search.space").plans_have_analytic() then sp.analytic = true end
+  return sp
+end
+
+local function fashion_run_opts(model)
+  -- the analytic first step takes the Gaussian approximation of the data from the model
+  return (model and model.analytic) and { analytic = model.analytic } or nil
+end
+
+if mode == "search" then
+  local nfe = assert(tonumber(arg[2]), "usage: s3_fashion.lua search NFE [out_dir] [generations] [max_seconds]")
+  local out_dir = arg[3] or "build/s3"
+  local generations = tonumber(arg[4]) or 40
+  local max_seconds = tonumber(arg[5]) or 840
+  os.execute("mkdir -p '" .. out_dir .. "'")
+  local _, minfo = assert(diffuse.models.load("fashion-denoiser"))
+  local f = search.fitness.fashion{ n = 1000, seed = 1 }
+  local t0 = diffuse.wtime()
+  local best, score, info = search.s3{
+    fitness = f, nfe = nfe, schedule = minfo.schedule, seed = 1,
+    archive = ("%s/fashion-nfe%d.jsonl"):format(out_dir, nfe),
+    generations = generations, initial = 16, population = 12, candidates_per_generation = 400,
+    evaluate_per_generation = 8, space = fashion_space(), max_seconds = max_seconds, progress = true,
+    log = function(line) io.stderr:write(line, "\n") end,
+  }
+  local seconds = diffuse.wtime() - t0
+  print(diffuse.plan.format(best))
+  print(("NFE %d: FD %.4f (seed 1, n 1000) after %d plans (%d evaluated now, %d from the archive) in %.0f s"):format(nfe,
+    score, info.evaluations, info.evaluated, info.reused, seconds))
+  local saved = {
+    plan = best, score = score, evaluations = info.evaluations, seconds = seconds, generation = info.generation,
+    history = info.history, tag = info.tag,
+  }
+  write(("%s/fashion-s3-nfe%d.json"):format(out_dir, nfe), json.encode(saved) .. "\n")
+  return
+end
+
+if mode == "report" then
+  local out_dir = arg[2] or "build/s3"
+  local n = tonumber(arg[3]) or 2000
+  local nfes = list_of(arg[4], { 4, 5, 6, 8, 10 })
+  local model, minfo = assert(diffuse.models.load("fashion-denoiser"))
+  local held = search.fitness.fashion{ n = n, seed = 2 }
+  local rows = {}
+  local t0 = diffuse.wtime()
+  local top_presets = 4
+  for _, nfe in ipairs(nfes) do
+    local path = ("%s/fashion-s3-nfe%d.json"):format(out_dir, nfe)
+    local fh = io.open(path)
+    if fh then
+      local saved = json.decode(fh:read("a"))
+      fh:close()
+      -- the presets as the search's stage 1 scored them on seed 1, best first
+      local sp = search.space.new{ schedule = minfo.schedule, nfe = nfe }
+      local presets = sp:presets()
+      local arch = search.archive.open(("%s/fashion-nfe%d.jsonl"):format(out_dir, nfe))
+      local scored = {}
+      for _, p in ipairs(presets) do
+        local r = arch:get(saved.tag, sp:key(sp:canonical(p)))
+        if r then scored[#scored + 1] = { plan = p, seed1 = r.score } end
+      end
+      arch:close()
+      table.sort(scored, function(a, b) return a.seed1 < b.seed1 end)
+      -- named baselines always measured: DDIM, DPM-Solver++(2M), UniPC bh2 on logSNR
+      local named = {}
+      for _, p in ipairs(presets) do
+        if p.name == "DDIM logSNR" or p.name == "DPM-Solver++(2M) logSNR" or p.name == "UniPC-bh2 logSNR" then
+          named[p.name] = p
+        end
+      end
+      local measured = {}
+      local function measure(p)
+        if measured[p.name] == nil then measured[p.name] = held{ solver = "plan", plan = p } end
+        return measured[p.name]
+      end
+      local best_name, best_fd = nil, math.huge
+      for i = 1, math.min(top_presets, #scored) do
+        local fd = measure(scored[i].plan)
+        if fd < best_fd then best_name, best_fd = scored[i].plan.name, fd end
+      end
+      for name, p in pairs(named) do
+        local fd = measure(p)
+        if fd < best_fd then best_name, best_fd = name, fd end
+      end
+      local run = { solver = "plan", plan = saved.plan }
+      local ro = fashion_run_opts(model)
+      if ro then for k, v in pairs(ro) do run[k] = v end end
+      local s3_fd = held(run)
+      rows[#rows + 1] = { nfe = nfe, s3 = s3_fd, s3_search = saved.score, preset = best_fd, preset_name = best_name,
+        ddim = measured["DDIM logSNR"], dpm2m = measured["DPM-Solver++(2M) logSNR"], unipc = measured["UniPC-bh2 logSNR"],
+        plan = saved.plan, evaluations = saved.evaluations, seconds = saved.seconds }
+      io.stderr:write(("NFE %d: searched %.3f, best preset %.3f (%s)\n"):format(nfe, s3_fd, best_fd, best_name))
+      -- ship the plan with how it was found
+      local p = saved.plan
+      p.name = ("fashion-s3-nfe%d: S3 search for fashion-denoiser at NFE %d"):format(nfe, nfe)
+      local info = {
+        method = "S3 (diffuse.search.s3): predictor-screened evolutionary search over the USF plan space",
+        fitness = "FD in fashion-classifier features, 1000 class-balanced samples, noise seed 1 (search.fitness.fashion{n = 1000, seed = 1})",
+        search_seed = 1, evaluations = saved.evaluations, search_seconds = math.floor(saved.seconds + 0.5),
+        fd_search = saved.score, fd_heldout = s3_fd, heldout = ("%d samples, noise seed 2"):format(n),
+        best_preset = best_name, fd_best_preset_heldout = best_fd,
+        command = ("lua5.4 scripts/s3_fashion.lua search %d %s && lua5.4 scripts/s3_fashion.lua report %s"):format(nfe,
+          out_dir, out_dir),
+      }
+      assert(diffuse.plans.save(("plans/fashion-s3-nfe%d.json"):format(nfe), p, info))
+    end
+  end
+  -- the table
+  local md = {}
+  md[#md + 1] = ("| NFE | S3 searched | best preset (held-out) | change | DDIM | DPM-Solver++(2M) | UniPC bh2 | FD at search (seed 1, n 1000) | plans evaluated | search time |")
+  md[#md + 1] = "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  for _, r in ipairs(rows) do
+    md[#md + 1] = ("| %d | **%.3f** | %.3f (%s) | %+.0f%% | %.3f | %.3f | %.3f | %.3f | %d | %.0f s |"):format(r.nfe, r.s3, r.preset,
+      r.preset_name, 100 * (r.s3 / r.preset - 1), r.ddim or 0 / 0, r.dpm2m or 0 / 0, r.unipc or 0 / 0, r.s3_search, r.evaluations,
+      r.seconds)
+  end
+  md[#md + 1] = ""
+  md[#md + 1] = ("Held-out: %d samples, noise seed 2 (the search used 1000 samples, seed 1). Measured in %.0f s by `lua5.4 scripts/s3_fashion.lua report %s %d`."):format(
+    n, diffuse.wtime() - t0, out_dir, n)
+  for _, r in ipairs(rows) do
+    md[#md + 1] = ""
+    md[#md + 1] = "```"
+    md[#md + 1] = diffuse.plan.format(r.plan)
+    md[#md + 1] = "```"
+  end
+  local text = table.concat(md, "\n") .. "\n"
+  write(out_dir .. "/fashion.md", text)
+  io.write(text)
+  -- the plot
+  local dat = out_dir .. "/fashion.dat"
+  local cols = { { "s3", "S3 searched" }, { "preset", "best preset" }, { "ddim", "DDIM" }, { "dpm2m", "DPM-Solver++(2M)" },
+    { "unipc", "UniPC (bh2)" } }
+  local lines = {}
+  for i, c in ipairs(cols) do
+    lines[#lines + 1] = "# " .. c[2]
+    for _, r in ipairs(rows) do if r[c[1]] then lines[#lines + 1] = ("%d %.6f"):format(r.nfe, r[c[1]]) end end
+    if i < #cols then lines[#lines + 1] = "\n" end
+  end
+  write(dat, table.concat(lines, "\n") .. "\n")
+  if os.execute("command -v gnuplot > /dev/null 2>&1") then
+    local plots = {}
+    for i, c in ipairs(cols) do
+      plots[#plots + 1] = ("'%s' index %d with linespoints lw %d title '%s'"):format(dat, i - 1, i == 1 and 3 or 1, c[2])
+    end
+    local gp = io.popen("gnuplot", "w")
+    gp:write(table.concat({
+      "set terminal pngcairo size 800,500 noenhanced",
+      ("set output '%s/fashion.png'"):format(out_dir),
+      "set xlabel 'NFE'", "set ylabel 'FD (classifier features), held-out noise'",
+      "set xtics (4, 5, 6, 8, 10)", "set grid", "set key top left",
+      "set title 'fashion-denoiser: S3-searched plans against hand-designed solvers'",
+      "plot " .. table.concat(plots, ", "),
+    }, "\n"))
+    gp:close()
+    print("wrote " .. out_dir .. "/fashion.png")
+  else
+    print("gnuplot not found (sudo apt-get install gnuplot-nox): no plot")
+  end
+  return
+end
+
+if mode == "mixtures" then
+  local out_dir = arg[2] or "build/s3"
+  local nfes = list_of(arg[3], { 4, 5, 6, 8, 10 })
+  os.execute("mkdir -p '" .. out_dir .. "'")
+  local schedule = diffuse.schedule.vp_linear()
+  -- 2-D: eight narrow components on a ring; 64-D: ten components with random means
+  local means2, stds2 = {}, {}
+  for k = 1, 8 do
+    local a = 2 * math.pi * (k - 1) / 8
+    means2[k] = { 1.5 * math.cos(a), 1.5 * math.sin(a) }
+    stds2[k] = 0.1
+  end
+  local m64 = diffuse.randn({ 10, 64 }, { seed = 64 }):mul(0.5):totable()
+  local stds64 = {}
+  for k = 1, 10 do stds64[k] = 0.2 end
+  local problems = {
+    { "2-D mixture (8 components)", diffuse.models.gmm{ means = means2, stds = stds2 }, 2, 1000 },
+    { "64-D mixture (10 components)", diffuse.models.gmm{ means = m64, stds = stds64 }, 64, 500 },
+  }
+  local md = { "| problem | NFE | S3 searched | best preset (held-out) | change | plans evaluated | search time |",
+    "| --- | --- | --- | --- | --- | --- | --- |" }
+  local t0 = diffuse.wtime()
+  for _, prob in ipairs(problems) do
+    local f = search.fitness.ode_error{ model = prob[2], schedule = schedule, shape = { prob[4], prob[3] }, seed = 1 }
+    local held = f:with_seed(2)
+    for _, nfe in ipairs(nfes) do
+      local best, _, info = search.s3{ fitness = f, nfe = nfe, schedule = schedule, seed = 1, generations = 15,
+        archive = ("%s/mixture-%dd-nfe%d.jsonl"):format(out_dir, prob[3], nfe), space = { max_order = 4 } }
+      local best_name, best_preset = nil, math.huge
+      for _, p in ipairs(info.space:presets()) do
+        local s = held{ solver = "plan", plan = p }
+        if s < best_preset then best_name, best_preset = p.name, s end
+      end
+      local s = held{ solver = "plan", plan = best }
+      md[#md + 1] = ("| %s | %d | **%.3g** | %.3g (%s) | %+.0f%% | %d | %.0f s |"):format(prob[1], nfe, s, best_preset, best_name,
+        100 * (s / best_preset - 1), info.evaluations, info.seconds)
+      io.stderr:write(md[#md], "\n")
+    end
+  end
+  md[#md + 1] = ""
+  md[#md + 1] = ("RMS distance to the exact ODE solution (rk45, tolerance 1e-7) from held-out noise (seed 2; the search used seed 1); every preset at the NFE (DDIM, DPM-Solver++ 2M/3M, UniPC bh1/bh2 orders 2-3, DEIS 2/3 on logSNR, uniform and quadratic time grids) measured on the same noise. Measured in %.0f s by `lua5.4 scripts/s3_fashion.lua mixtures %s`."):format(
+    diffuse.wtime() - t0, out_dir)
+  local text = table.concat(md, "\n") .. "\n"
+  write(out_dir .. "/mixtures.md", text)
+  io.write(text)
+  return
+end
+
+error("usage: s3_fashion.lua search NFE [out_dir] | report [out_dir] [n] | mixtures [out_dir]")
