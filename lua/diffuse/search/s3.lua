@@ -14,6 +14,7 @@
 -- wrong predictor cannot lock the search in).  All choices come from one seeded generator;
 -- evaluations are looked up in the archive before being run, so rerunning with the same
 -- options and archive replays the same decisions, skips what was evaluated and continues.
+local json = require("diffuse.json")
 local util = require("diffuse.util")
 local space_mod = require("diffuse.search.space")
 local archive_mod = require("diffuse.search.archive")
@@ -26,7 +27,7 @@ local valid = {
   fitness = true, nfe = true, schedule = true, seed = true, archive = true, generations = true, population = true,
   initial = true, candidates_per_generation = true, evaluate_per_generation = true, explore = true, crossover = true,
   pool = true, progress = true, init = true, space = true, predictor = true, run = true, tag = true, log = true,
-  max_seconds = true, min_train = true, final = true,
+  max_seconds = true, min_train = true, final = true, niche = true,
 }
 
 -- The function a pool's workers run: item = {plan = p} -> {score = s, nfe, seconds} or
@@ -78,6 +79,7 @@ function M.search(o)
   local explore = o.explore or 0.2
   local p_cross = o.crossover or 0.3
   local min_train = o.min_train or 8
+  local niche = o.niche or 3
   for name, v in pairs({ generations = generations, population = pop_size, initial = n_initial,
     candidates_per_generation = n_cand, evaluate_per_generation = n_eval }) do
     if math.type(v) ~= "integer" or v < 0 then util.fail(F, ("'%s' must be an integer >= 0"):format(name), 2) end
@@ -196,8 +198,18 @@ function M.search(o)
         if a.e.score ~= b.e.score then return a.e.score < b.e.score end
         return a.i < b.i
       end)
-      local parents = {}
-      for i = 1, math.min(pop_size, #ranked) do parents[i] = ranked[i].e.plan end
+      -- at most `niche` parents share their step decisions (differing only in the grid), so
+      -- a converged population still explores other structures
+      local parents, per = {}, {}
+      for i = 1, #ranked do
+        if #parents >= pop_size then break end
+        local p = ranked[i].e.plan
+        local sk = json.encode({ p.steps, p.analytic or false })
+        if (per[sk] or 0) < niche then
+          per[sk] = (per[sk] or 0) + 1
+          parents[#parents + 1] = p
+        end
+      end
       -- rank-weighted choice: the better parents breed more
       local function parent()
         local i = math.min(rng:int(1, #parents), rng:int(1, #parents))
