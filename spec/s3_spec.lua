@@ -124,8 +124,18 @@ describe("search.s3", function()
     local _, score = s3(opts({ fitness = fit, archive = path }))
     assert.is_true(score < math.huge)
     local failed = 0
-    for _, l in ipairs(lines(path)) do if json.decode(l).failed then failed = failed + 1 end end
+    local via = {}
+    for _, l in ipairs(lines(path)) do
+      local r = json.decode(l)
+      if r.failed then failed = failed + 1 end
+      via[r.via] = (via[r.via] or 0) + 1
+    end
     assert.is_true(failed > 3)
+    -- how each plan was chosen: 8 random, the presets, then 5 by the predictor and 1 at random per generation
+    assert.are.equal(8, via.random)
+    assert.are.equal(15, via.predictor)
+    assert.are.equal(3, via.explore)
+    assert.is_true(via.init >= 12, "init " .. tostring(via.init))
   end)
 
   it("a final stage re-scores the top plans on other noise and picks the best mean", function()

@@ -117,7 +117,8 @@ function M.search(o)
   end
 
   -- Evaluates a list of plans (already unique and unseen), reusing archived results.
-  local function evaluate(plans, generation)
+  -- `via[i]` says how plan i was chosen (init, random, predictor, explore), kept in the archive
+  local function evaluate(plans, generation, via)
     local todo, todo_idx = {}, {}
     local results = {}
     for i, p in ipairs(plans) do
@@ -134,7 +135,8 @@ function M.search(o)
     local function record(i, res)
       local p = plans[i]
       local r = archive:add({ tag = tag, key = sp:key(p), plan = p, score = res.score, nfe = res.nfe,
-        seconds = res.seconds, generation = generation, seed = seed, error = res.error, index = archive.count + 1 })
+        seconds = res.seconds, generation = generation, seed = seed, error = res.error, index = archive.count + 1,
+        via = via and via[i] })
       results[i] = r
       new_evals = new_evals + 1
       return r
@@ -180,11 +182,18 @@ function M.search(o)
     init[#init + 1] = sp:canonical(p)
     init[#init].name = nil
   end
-  for _ = 1, n_initial do init[#init + 1] = sp:random(rng) end
+  local random_keys = {}
+  for _ = 1, n_initial do
+    init[#init + 1] = sp:random(rng)
+    random_keys[sp:key(init[#init])] = true
+  end
   local stop = function() return false end
   local function run_all(stop_fn)
     stop = stop_fn or stop
-    evaluate(unseen(init), 0)
+    local first = unseen(init)
+    local via0 = {}
+    for i, p in ipairs(first) do via0[i] = random_keys[sp:key(p)] and "random" or "init" end
+    evaluate(first, 0, via0)
     history[#history + 1] = { generation = 0, best = best and best.score, evaluations = #scored }
     log(("s3 nfe %d: generation 0, %d plans, best %.6g"):format(o.nfe, #scored, best and best.score or math.huge))
 
@@ -235,7 +244,7 @@ function M.search(o)
         end
       end
       -- screen: the predictor's top picks, plus random ones
-      local chosen = {}
+      local chosen, via = {}, {}
       local n_random = math.floor(n_eval * explore + 0.5)
       if #scored >= min_train then
         local X, y = {}, {}
@@ -253,6 +262,7 @@ function M.search(o)
         local taken = {}
         for j = 1, math.min(n_eval - n_random, #order) do
           chosen[#chosen + 1] = cands[order[j]]
+          via[#chosen] = "predictor"
           taken[order[j]] = true
         end
         local rest = {}
@@ -260,12 +270,13 @@ function M.search(o)
         for _ = 1, math.min(n_random, #rest) do
           local j = rng:int(1, #rest)
           chosen[#chosen + 1] = cands[rest[j]]
+          via[#chosen] = "explore"
           table.remove(rest, j)
         end
       else
-        for i = 1, math.min(n_eval, #cands) do chosen[i] = cands[i] end
+        for i = 1, math.min(n_eval, #cands) do chosen[i], via[i] = cands[i], "unscreened" end
       end
-      evaluate(chosen, g)
+      evaluate(chosen, g, via)
       history[#history + 1] = { generation = g, best = best.score, evaluations = #scored }
       log(("s3 nfe %d: generation %d, %d plans, best %.6g"):format(o.nfe, g, #scored, best.score))
     end
@@ -305,7 +316,7 @@ function M.search(o)
       if not r then
         local res = feval({ plan = e.plan })
         r = archive:add({ tag = ftag, key = e.key, plan = e.plan, score = res.score, nfe = res.nfe, seconds = res.seconds,
-          generation = -1, seed = seed, index = archive.count + 1 })
+          generation = -1, seed = seed, index = archive.count + 1, via = "final" })
         new_evals = new_evals + 1
       else
         reused = reused + 1
