@@ -90,12 +90,14 @@ end
 
 local function check_items(fname, items)
   if type(items) ~= "table" then util.fail(fname, ("items must be a list, got %s"):format(type(items)), 3) end
-  local n = #items
+  local n, count = #items, 0
   for k in pairs(items) do
     if math.type(k) ~= "integer" or k < 1 or k > n then
       util.fail(fname, ("items must be a list 1..n without holes (key %s)"):format(tostring(k)), 3)
     end
+    count = count + 1
   end
+  if count ~= n then util.fail(fname, ("items must be a list 1..n without holes (%d of %d set)"):format(count, n), 3) end
   return n
 end
 
