@@ -106,7 +106,8 @@ local function progress_hook(fname, p, total)
   if p == nil or p == false then return nil end
   if p == true then
     local bar = require("diffuse.progress").new{ total = math.max(total, 1), label = "map", unit = "item" }
-    return function(done) bar:update(done) end, function() bar:finish() end
+    -- off a terminal the update at done == total already wrote the last line
+    return function(done) bar:update(done) end, function() if bar.tty then bar:finish() end end
   end
   if type(p) == "function" then return p end
   if type(p) == "table" and type(p.update) == "function" then
