@@ -107,7 +107,7 @@ describe("parallel.pool (fork)", function()
     local pool = parallel.pool{ workers = 2 }
     -- item 1 takes long: the other worker must take every other item meanwhile
     local got = pool:map(function(i)
-      if i == 1 then busy(0.4) end
+      if i == 1 then busy(1.0) end
       return mypid()
     end, { 1, 2, 3, 4, 5, 6 })
     local parent = mypid()
