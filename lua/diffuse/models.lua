@@ -452,7 +452,28 @@ end
 function M.gaussian(src)
   local F = "gaussian"
   local mean, cov
-  if is_tensor(src) then
+  if getmetatable(src) == GMM then
+    -- The moment-matched Gaussian of a mixture: mean sum_k w_k mu_k, covariance
+    -- sum_k w_k (diag(v_k) + mu_k mu_k^T) - mean mean^T (in double).
+    local mu, var, w, Kc, D = src.means:totable(), src.vars:totable(), src.weights, src.K, src.D
+    local m = {}
+    for j = 1, D do
+      local a = 0
+      for k = 1, Kc do a = a + w[k] * mu[k][j] end
+      m[j] = a
+    end
+    local c = {}
+    for i = 1, D do
+      c[i] = {}
+      for j = 1, D do
+        local a = 0
+        for k = 1, Kc do a = a + w[k] * (mu[k][i] - m[i]) * (mu[k][j] - m[j]) end
+        if i == j then for k = 1, Kc do a = a + w[k] * var[k][i] end end
+        c[i][j] = a
+      end
+    end
+    mean, cov = core.tensor(m), core.tensor(c)
+  elseif is_tensor(src) then
     if src:dim() < 2 or src:size(1) < 1 then fail(F, ("data must be (M, D) or (M, C, H, W) with M >= 1, got %s"):format(shape_str(src)), 2) end
     local m = src:size(1)
     local flat = src:dim() == 2 and src:contiguous() or src:reshape(m, src:numel() // m)
@@ -469,7 +490,7 @@ function M.gaussian(src)
     end
     if cov:sub(cov:t()):abs():max() > 1e-5 * math.max(1, cov:abs():max()) then fail(F, "cov must be symmetric", 2) end
   else
-    fail(F, ("expected a data tensor or {mean =, cov =}, got %s"):format(type(src)), 2)
+    fail(F, ("expected a data tensor, a diffuse.models.gmm or {mean =, cov =}, got %s"):format(type(src)), 2)
   end
   if not K.has_lapack() then
     fail(F, "needs LAPACK (dsyevd) and the loaded BLAS has none: install OpenBLAS (sudo apt-get install libopenblas-dev)", 2)
@@ -609,6 +630,8 @@ function M.as(m, kind)
 end
 
 -- ---------------------------------------------------------------------------------------
+local attach_fashion_analytic
+
 -- Shipped models: models.load(name) finds <name>.safetensors in $DIFFUSE_MODELS (a list of
 -- directories separated by ':'), next to the installed module (<lua dir>/diffuse/models/),
 -- or in a source tree's models/ directory.
@@ -653,6 +676,52 @@ function M.fingerprint(net)
   return ("%.12g/%.12g"):format(a, b)
 end
 
+-- The Gaussian approximation of the Fashion-MNIST training images as the shipped denoiser
+-- saw them ((N, 784) in [-1, 1]): the analytic first step of plans (docs/plans.md).  Its
+-- moments take a few seconds over 60000 images, so they are cached on disk (next to the
+-- metrics' reference statistics) and the model's `analytic` field is only built when first
+-- read.
+M.fashion_gaussian_cache = "fashion-train-gaussian.safetensors"
+function M.fashion_gaussian(opts)
+  opts = check_options("fashion_gaussian", opts, { dir = true, refresh = true }, 2)
+  local metrics = require("diffuse.metrics")
+  local dir = opts.dir or metrics.default_cache_dir()
+  local path = dir .. "/" .. M.fashion_gaussian_cache
+  if not opts.refresh then
+    local t, meta = core.safetensors.load(path)
+    if t and meta and meta.format == "diffuse-gaussian-1" and t.mean and t.cov then
+      return M.gaussian { mean = t.mean, cov = t.cov }
+    end
+  end
+  local data = require("diffuse.data")
+  local d, err = data.fashion_mnist { split = "train" }
+  if not d then fail("fashion_gaussian", err, 2) end
+  local n = d.images:size(1)
+  local mean, cov = moments(d.images:reshape(n, d.images:numel() // n))
+  -- caching is best effort: the statistics are good even when the directory is read-only
+  if core._metrics.mkdir_p(dir) then
+    core.safetensors.save(path, { mean = mean, cov = cov }, { format = "diffuse-gaussian-1", data = "fashion-mnist train" })
+  end
+  return M.gaussian { mean = mean, cov = cov }
+end
+
+attach_fashion_analytic = function(model)
+  local base = getmetatable(model)
+  local mt = {}
+  for k, v in pairs(base) do mt[k] = v end
+  local index = base.__index
+  mt.__index = function(t, k)
+    if k == "analytic" then
+      local g = M.fashion_gaussian()
+      rawset(t, "analytic", g)
+      return g
+    end
+    if type(index) == "function" then return index(t, k) end
+    return index[k]
+  end
+  setmetatable(model, mt)
+end
+
 -- models.load(name) -> model, info  (or nil, message when no file is found or it is bad).
 -- A denoiser comes back ready for diffuse.sample (it declares what it predicts and carries
 -- its schedule); a classifier comes back as its network.  info = {net, metadata, path, kind}.
@@ -674,7 +743,10 @@ function M.load(name)
         local schedule = schedule_from_string(md["train.schedule"])
         if not schedule then return nil, ("%s: the file does not name a schedule it was trained with"):format(path) end
         info.kind, info.schedule = "denoiser", schedule
-        return nn.as_model(net, { predicts = predicts, schedule = schedule }), info
+        local model = nn.as_model(net, { predicts = predicts, schedule = schedule })
+        local data = md["train.data"]
+        if type(data) == "string" and data:match("^fashion%-mnist train") then attach_fashion_analytic(model) end
+        return model, info
       end
       info.kind = "classifier"
       return net, info
