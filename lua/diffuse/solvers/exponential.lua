@@ -408,6 +408,17 @@ local function step_fn(st)
   st.x = x
 end
 
+-- Sets the DC ratio of step s of an installed plan (the step must have been installed with a
+-- dc field, which keeps the buffers it needs alive).  Clones share the prepared coefficients,
+-- so this changes the step for every clone of st: diffuse.search.dcsolver tries ratios on
+-- clones one after another.
+function M.set_dc(st, s, ratio)
+  local e = st._ei and st._ei.steps[s]
+  if not (e and e.dc) then error(("set_dc: step %d of the installed plan has no dc field"):format(s), 2) end
+  local ids, w = M.dc_weights(st.plan.times, s, ratio)
+  e.dc = { ids = ids, w = w }
+end
+
 -- Installs plan p in state st (validates it first).
 local function install(st, p, analytic)
   local ok, err = plan_mod.validate(p)
