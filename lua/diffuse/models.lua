@@ -676,33 +676,122 @@ function M.fingerprint(net)
   return ("%.12g/%.12g"):format(a, b)
 end
 
+-- A class-conditional Gaussian approximation: one Gaussian per class label and one for all the
+-- data; model(x, point, cond) uses each row's class (a label tensor, a list or one number),
+-- and the Gaussian of all the data for rows without a known class (the null class of
+-- classifier-free guidance) or without cond.
+local ClassGaussian = {}
+ClassGaussian.__index = ClassGaussian
+M.ClassGaussian = ClassGaussian
+
+function ClassGaussian:__call(x, p, cond)
+  if cond == nil then return self.all(x, p) end
+  local F = "class gaussian"
+  local xf = flat_input(F, x, self.D, 2)
+  local n = xf:size(1)
+  local labels
+  if is_tensor(cond) then labels = cond:totable()
+  elseif type(cond) == "number" then
+    labels = {}
+    for i = 1, n do labels[i] = cond end
+  elseif type(cond) == "table" then labels = cond
+  else fail(F, ("cond must be a label tensor, a list or a number, got %s"):format(type(cond)), 2) end
+  if #labels ~= n then fail(F, ("cond has %d labels for %d rows"):format(#labels, n), 2) end
+  local groups, order = {}, {}
+  for i, l in ipairs(labels) do
+    local k = math.tointeger(l)
+    if k == nil or self.classes[k] == nil then k = "all" end
+    if not groups[k] then groups[k] = {}; order[#order + 1] = k end
+    local g = groups[k]
+    g[#g + 1] = i
+  end
+  if #order == 1 then
+    local g = order[1] == "all" and self.all or self.classes[order[1]]
+    return g(x, p)
+  end
+  -- each group's rows in turn, then back to the original order with one gather
+  local sorted = core.zeros(n, self.D)
+  local inv, pos = {}, 1
+  for _, k in ipairs(order) do
+    local rows = groups[k]
+    local g = k == "all" and self.all or self.classes[k]
+    sorted:narrow(1, pos, #rows):copy_(g(xf:gather(rows), p))
+    for r, i in ipairs(rows) do inv[i] = pos + r - 1 end
+    pos = pos + #rows
+  end
+  return restore(sorted:gather(inv), x)
+end
+
+function ClassGaussian:__tostring()
+  local n = 0
+  for _ in pairs(self.classes) do n = n + 1 end
+  return ("diffuse class-conditional gaussian model: D = %d, %d classes"):format(self.D, n)
+end
+
+-- A Gaussian from a decomposition already at hand (a cache), without diagonalising again.
+local function gaussian_from(mean, cov, evals, U)
+  return setmetatable({ predicts = "x0", mean = mean, cov = cov, evals = evals, U = U, D = mean:size(1) }, Gaussian)
+end
+
 -- The Gaussian approximation of the Fashion-MNIST training images as the shipped denoiser
--- saw them ((N, 784) in [-1, 1]): the analytic first step of plans (docs/plans.md).  Its
--- moments take a few seconds over 60000 images, so they are cached on disk (next to the
--- metrics' reference statistics) and the model's `analytic` field is only built when first
--- read.
-M.fashion_gaussian_cache = "fashion-train-gaussian.safetensors"
+-- saw them ((N, 784) in [-1, 1]), per class and for all images: the analytic first step of
+-- plans (docs/plans.md).  The moments and eigendecompositions take about 5 s over 60000
+-- images, so they are cached on disk (next to the metrics' reference statistics, about 50 MB)
+-- and the loaded model's `analytic` field is only built when first read.
+M.fashion_gaussian_cache = "fashion-train-gaussians.safetensors"
+local GAUSS_FORMAT = "diffuse-class-gaussians-1"
 function M.fashion_gaussian(opts)
   opts = check_options("fashion_gaussian", opts, { dir = true, refresh = true }, 2)
   local metrics = require("diffuse.metrics")
   local dir = opts.dir or metrics.default_cache_dir()
   local path = dir .. "/" .. M.fashion_gaussian_cache
+  local names = { "all" }
+  for c = 0, 9 do names[#names + 1] = tostring(c) end
+  local function build(t)
+    local out = setmetatable({ predicts = "x0", classes = {}, D = 784 }, ClassGaussian)
+    for _, k in ipairs(names) do
+      local g = gaussian_from(t["mean_" .. k], t["cov_" .. k], t["evals_" .. k], t["U_" .. k])
+      if k == "all" then out.all = g else out.classes[tonumber(k)] = g end
+    end
+    out.mean = out.all.mean
+    return out
+  end
   if not opts.refresh then
     local t, meta = core.safetensors.load(path)
-    if t and meta and meta.format == "diffuse-gaussian-1" and t.mean and t.cov then
-      return M.gaussian { mean = t.mean, cov = t.cov }
+    if t and meta and meta.format == GAUSS_FORMAT then
+      local ok = true
+      for _, k in ipairs(names) do
+        for _, f in ipairs({ "mean_", "cov_", "evals_", "U_" }) do ok = ok and t[f .. k] ~= nil end
+      end
+      if ok then return build(t) end
     end
   end
   local data = require("diffuse.data")
   local d, err = data.fashion_mnist { split = "train" }
   if not d then fail("fashion_gaussian", err, 2) end
   local n = d.images:size(1)
-  local mean, cov = moments(d.images:reshape(n, d.images:numel() // n))
+  local flat = d.images:reshape(n, d.images:numel() // n)
+  local rows = {}
+  for i, l in ipairs(d.labels) do
+    local k = tostring(l)
+    rows[k] = rows[k] or {}
+    table.insert(rows[k], i)
+  end
+  local t = {}
+  for _, k in ipairs(names) do
+    local g
+    if k == "all" then g = M.gaussian(flat)
+    else
+      if not rows[k] then fail("fashion_gaussian", "the training set has no image of class " .. k, 2) end
+      g = M.gaussian(flat:gather(rows[k]))
+    end
+    t["mean_" .. k], t["cov_" .. k], t["evals_" .. k], t["U_" .. k] = g.mean, g.cov, g.evals, g.U
+  end
   -- caching is best effort: the statistics are good even when the directory is read-only
   if core._metrics.mkdir_p(dir) then
-    core.safetensors.save(path, { mean = mean, cov = cov }, { format = "diffuse-gaussian-1", data = "fashion-mnist train" })
+    core.safetensors.save(path, t, { format = GAUSS_FORMAT, data = "fashion-mnist train" })
   end
-  return M.gaussian { mean = mean, cov = cov }
+  return build(t)
 end
 
 attach_fashion_analytic = function(model)
