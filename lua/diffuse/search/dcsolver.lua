@@ -209,22 +209,17 @@ function M.plan(o)
   local FN = F .. ".plan"
   if type(o) ~= "table" then fail(FN, "expected a fit or an options table", 2) end
   if o.kind == "dcsolver" then
-    local sched = o.schedule
-    if sched == nil then
-      -- a fit carries its times, which are all a plan needs besides the schedule-free fields
-      local p = build_plan(FN, { schedule = require("diffuse.schedule").vp_linear(), times = o.times, variant = o.variant,
-        order = o.order }, o.ratios, 2)
-      return p
-    end
+    -- a fit carries its grid; the grid is all the plan builder needs the schedule for
+    if type(o.times) ~= "table" or type(o.ratios) ~= "table" then fail(FN, "the fit has no times or ratios", 2) end
+    o = { schedule = require("diffuse.schedule").vp_linear(), times = o.times, ratios = o.ratios, variant = o.variant,
+      order = o.order }
   end
   o = util.check_options(FN, o, { schedule = true, nfe = true, times = true, ratios = true, variant = true, order = true,
-    spacing = true, t_start = true, t_end = true, kind = true, guidance = true, trajectories = true, seed = true,
-    loss = true, loss_plain = true, final_rms = true }, 2)
-  if o.schedule == nil and o.times == nil then fail(FN, "give 'schedule' and 'nfe' (or 'times')", 2) end
-  if o.schedule == nil then o.schedule = require("diffuse.schedule").vp_linear() end
+    spacing = true, t_start = true, t_end = true }, 2)
+  if o.schedule == nil then fail(FN, "'schedule' is required (with 'nfe', or give 'times')", 2) end
   if type(o.ratios) ~= "table" then fail(FN, "'ratios' must be a list of per-step ratios", 2) end
   local nfe = o.times and #o.times - 1 or o.nfe
-  if #o.ratios ~= nfe then fail(FN, ("%d ratios for %d steps"):format(#o.ratios, nfe), 2) end
+  if #o.ratios ~= nfe then fail(FN, ("%d ratios for %s steps"):format(#o.ratios, tostring(nfe)), 2) end
   local r = {}
   for s, v in ipairs(o.ratios) do
     if type(v) ~= "number" then fail(FN, ("ratios[%d] must be a number"):format(s), 2) end

@@ -348,7 +348,7 @@ local function apply(st, s, c, step, x_base, z)
       ts[k], cs[k], slot[t] = t, v, k
     end
   end
-  if x_base then add(x_base, c.x) end
+  add(x_base, c.x)
   local ids = { step.base, table.unpack(step.points) }
   if #c.m > #ids then ids[#ids + 1] = s + 1 end
   for i, j in ipairs(ids) do
@@ -356,7 +356,7 @@ local function apply(st, s, c, step, x_base, z)
     if v ~= 0 then add_output(ex, mem, add, j, v, data) end
   end
   if z then add(z, c.z) end
-  if #ts == 0 then return (x_base or mem.xe[ids[1]] or mem.x0[ids[1]] or mem.eps[ids[1]]):mul(0) end
+  if #ts == 0 then return x_base:mul(0) end
   return lincomb(ts, cs)
 end
 
