@@ -77,7 +77,7 @@ deps:
 	fi
 
 test: deps all
-	@$(SPEC_ENV) $(BUSTED) --lua=$(LUA) $(if $(TAGS),--tags=$(TAGS)) $(SPECS)
+	@$(SPEC_ENV) $(BUSTED) --lua=$(LUA) $(if $(TAGS),--tags=$(TAGS) --exclude-tags=none) $(SPECS)
 
 demo: deps all
 	@$(SPEC_ENV) $(LUA) examples/demo.lua
