@@ -371,3 +371,89 @@ describe("DEIS and iPNDM as plans", function()
     assert.is_true(plan.validate(steps_with({ pred = "noise", order = 3, points = { 2, 1 }, scale = "deis" })))
   end)
 end)
+
+describe("per-step skip and dc, plan-level analytic", function()
+  local times = { 1, 0.5, 0.2, 0.1 }
+  local function with(step2, extra)
+    local p = { times = times, steps = { {}, step2, {} } }
+    for k, v in pairs(extra or {}) do p[k] = v end
+    return p
+  end
+
+  it("validates skip lists: positive integers, no repeats, a list", function()
+    assert.is_true(plan.validate(with({ skip = { 2, 5 } })))
+    assert.is_true(plan.validate(with({ skip = {} })))
+    assert.matches("step 2: skip%[2%] = 0 must be a positive integer", select(2, plan.validate(with({ skip = { 1, 0 } }))))
+    assert.matches("step 2: skip%[1%] = 1.5 must be a positive integer", select(2, plan.validate(with({ skip = { 1.5 } }))))
+    assert.matches("step 2: skip lists block 3 twice", select(2, plan.validate(with({ skip = { 3, 1, 3 } }))))
+    assert.matches("step 2: skip must be a list", select(2, plan.validate(with({ skip = 3 }))))
+    assert.matches("skip must be a list %(it has the key 'a'%)", select(2, plan.validate(with({ skip = { a = 1 } }))))
+    local p = { times = times, analytic = true, steps = { { skip = { 1 } }, {}, {} } }
+    assert.matches("step 1: skip has no effect", select(2, plan.validate(p)))
+  end)
+
+  it("validates dc ratios and analytic", function()
+    assert.is_true(plan.validate(with({ dc = 0.9 })))
+    assert.matches("step 2: dc = x must be a finite number", select(2, plan.validate(with({ dc = "x" }))))
+    assert.matches("step 2: dc = inf must be a finite number", select(2, plan.validate(with({ dc = math.huge }))))
+    assert.matches("step 1: dc needs the model outputs of two points",
+      select(2, plan.validate({ times = times, steps = { { dc = 1 }, {}, {} } })))
+    assert.matches("'analytic' must be true or false", select(2, plan.validate(with({}, { analytic = 1 }))))
+  end)
+
+  it("round-trips skip, dc and analytic through JSON and Lua text, and counts the analytic NFE", function()
+    local p = plan.build("unipc", { schedule = sched, steps = 5, variant = "bh2" })
+    p.analytic = true
+    p.steps[2].skip = { 4, 1 }
+    p.steps[3].skip = {}
+    p.steps[3].dc = 0.93
+    for _, text in ipairs({ plan.tojson(p), plan.tostring(p) }) do
+      local q = assert(plan.parse(text))
+      assert.is_true(plan.validate(q))
+      assert.same(p, q)
+    end
+    assert.equal(4, plan.nfe(p))
+    assert.matches("skip {4,1}", plan.format(p), 1, true)
+    assert.matches("dc 0.93", plan.format(p), 1, true)
+    local path = os.tmpname() .. ".json"
+    assert.is_true(plan.save(p, path))
+    assert.same(p, assert(plan.load(path)))
+    os.remove(path)
+  end)
+
+  it("passes a step's skip to the model call at that step's point, corrector evaluations included", function()
+    local p = plan.build("unipc", { schedule = sched, steps = 4 })
+    p.steps[2].skip = { 2 }
+    p.steps[4].skip = { 1, 3 }
+    local calls = {}
+    local function m(x, pnt, _, ctx)
+      calls[#calls + 1] = { t = pnt.t, skip = ctx.skip }
+      return x:mul(0.5)
+    end
+    diffuse.sample({ model = m, predicts = "x0", schedule = sched, solver = "plan", plan = p, shape = { 3, 2 }, seed = 1 })
+    assert.equal(4, #calls)
+    for i, c in ipairs(calls) do
+      assert.near(p.times[i], c.t, 1e-12)
+      assert.same(p.steps[i].skip, c.skip)
+    end
+  end)
+
+  it("dc = 1 changes nothing; other ratios are the Lagrange interpolation in t of the outputs", function()
+    local p = plan.build("unipc", { schedule = sched, steps = 6, variant = "bh2" })
+    local base = diffuse.sample({ model = model, schedule = sched, solver = "plan", plan = p, x = diffuse.tensor(x_init) })
+    for s = 2, 6 do p.steps[s].dc = 1 end
+    local same = diffuse.sample({ model = model, schedule = sched, solver = "plan", plan = p, x = diffuse.tensor(x_init) })
+    assert.is_true(base:allclose(same, 0, 0))
+    -- the weights interpolate polynomials of degree 2 in t exactly
+    local ts = { 0.9, 0.7, 0.4 }
+    local ids, w = ex.dc_weights(ts, 3, 0.8)
+    assert.same({ 3, 2, 1 }, ids)
+    local tt = 0.7 + 0.8 * (0.4 - 0.7)
+    local f = function(t) return 2 - 3 * t + 5 * t * t end
+    assert.near(f(tt), w[1] * f(0.4) + w[2] * f(0.7) + w[3] * f(0.9), 1e-12)
+    local ids2, w2 = ex.dc_weights(ts, 2, 1.3) -- only two points exist: linear
+    assert.same({ 2, 1 }, ids2)
+    assert.near(1.3, w2[1], 1e-12)
+    assert.near(-0.3, w2[2], 1e-12)
+  end)
+end)

@@ -22,6 +22,7 @@ int luaopen_diffuse_core(lua_State *L) {
   df_open_nn(L, methods, module);
   df_open_metrics(L, methods, module);
   df_open_system(L, methods, module);
+  df_open_proc(L, methods, module);
   lua_pushvalue(L, methods);
   lua_setfield(L, module, "Tensor_methods");
   lua_settop(L, module);

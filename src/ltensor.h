@@ -59,5 +59,6 @@ DF_API void df_open_plot(lua_State *L, int methods, int module);
 DF_API void df_open_nn(lua_State *L, int methods, int module);
 DF_API void df_open_metrics(lua_State *L, int methods, int module);
 DF_API void df_open_system(lua_State *L, int methods, int module);
+DF_API void df_open_proc(lua_State *L, int methods, int module);
 
 #endif

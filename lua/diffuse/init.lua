@@ -32,6 +32,7 @@ require("diffuse.solvers.sigma")       -- k-diffusion family
 require("diffuse.solvers.ddpm")
 require("diffuse.solvers.timeshift")
 M.exact_ode = require("diffuse.solvers.adaptive").exact_ode -- and rk45
+require("diffuse.search.olss")         -- olss (runs fitted coefficients; the fitting is in diffuse.search)
 
 -- Layers above the sampler load on first use: diffuse.search (solver-schedule search),
 -- diffuse.plans (searched plans shipped as data), diffuse.guidance.

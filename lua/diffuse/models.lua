@@ -452,7 +452,28 @@ end
 function M.gaussian(src)
   local F = "gaussian"
   local mean, cov
-  if is_tensor(src) then
+  if getmetatable(src) == GMM then
+    -- The moment-matched Gaussian of a mixture: mean sum_k w_k mu_k, covariance
+    -- sum_k w_k (diag(v_k) + mu_k mu_k^T) - mean mean^T (in double).
+    local mu, var, w, Kc, D = src.means:totable(), src.vars:totable(), src.weights, src.K, src.D
+    local m = {}
+    for j = 1, D do
+      local a = 0
+      for k = 1, Kc do a = a + w[k] * mu[k][j] end
+      m[j] = a
+    end
+    local c = {}
+    for i = 1, D do
+      c[i] = {}
+      for j = 1, D do
+        local a = 0
+        for k = 1, Kc do a = a + w[k] * (mu[k][i] - m[i]) * (mu[k][j] - m[j]) end
+        if i == j then for k = 1, Kc do a = a + w[k] * var[k][i] end end
+        c[i][j] = a
+      end
+    end
+    mean, cov = core.tensor(m), core.tensor(c)
+  elseif is_tensor(src) then
     if src:dim() < 2 or src:size(1) < 1 then fail(F, ("data must be (M, D) or (M, C, H, W) with M >= 1, got %s"):format(shape_str(src)), 2) end
     local m = src:size(1)
     local flat = src:dim() == 2 and src:contiguous() or src:reshape(m, src:numel() // m)
@@ -469,7 +490,7 @@ function M.gaussian(src)
     end
     if cov:sub(cov:t()):abs():max() > 1e-5 * math.max(1, cov:abs():max()) then fail(F, "cov must be symmetric", 2) end
   else
-    fail(F, ("expected a data tensor or {mean =, cov =}, got %s"):format(type(src)), 2)
+    fail(F, ("expected a data tensor, a diffuse.models.gmm or {mean =, cov =}, got %s"):format(type(src)), 2)
   end
   if not K.has_lapack() then
     fail(F, "needs LAPACK (dsyevd) and the loaded BLAS has none: install OpenBLAS (sudo apt-get install libopenblas-dev)", 2)
@@ -609,6 +630,8 @@ function M.as(m, kind)
 end
 
 -- ---------------------------------------------------------------------------------------
+local attach_fashion_analytic
+
 -- Shipped models: models.load(name) finds <name>.safetensors in $DIFFUSE_MODELS (a list of
 -- directories separated by ':'), next to the installed module (<lua dir>/diffuse/models/),
 -- or in a source tree's models/ directory.
@@ -653,6 +676,141 @@ function M.fingerprint(net)
   return ("%.12g/%.12g"):format(a, b)
 end
 
+-- A class-conditional Gaussian approximation: one Gaussian per class label and one for all the
+-- data; model(x, point, cond) uses each row's class (a label tensor, a list or one number),
+-- and the Gaussian of all the data for rows without a known class (the null class of
+-- classifier-free guidance) or without cond.
+local ClassGaussian = {}
+ClassGaussian.__index = ClassGaussian
+M.ClassGaussian = ClassGaussian
+
+function ClassGaussian:__call(x, p, cond)
+  if cond == nil then return self.all(x, p) end
+  local F = "class gaussian"
+  local xf = flat_input(F, x, self.D, 2)
+  local n = xf:size(1)
+  local labels
+  if is_tensor(cond) then labels = cond:totable()
+  elseif type(cond) == "number" then
+    labels = {}
+    for i = 1, n do labels[i] = cond end
+  elseif type(cond) == "table" then labels = cond
+  else fail(F, ("cond must be a label tensor, a list or a number, got %s"):format(type(cond)), 2) end
+  if #labels ~= n then fail(F, ("cond has %d labels for %d rows"):format(#labels, n), 2) end
+  local groups, order = {}, {}
+  for i, l in ipairs(labels) do
+    local k = math.tointeger(l)
+    if k == nil or self.classes[k] == nil then k = "all" end
+    if not groups[k] then groups[k] = {}; order[#order + 1] = k end
+    local g = groups[k]
+    g[#g + 1] = i
+  end
+  if #order == 1 then
+    local g = order[1] == "all" and self.all or self.classes[order[1]]
+    return g(x, p)
+  end
+  -- each group's rows in turn, then back to the original order with one gather
+  local sorted = core.zeros(n, self.D)
+  local inv, pos = {}, 1
+  for _, k in ipairs(order) do
+    local rows = groups[k]
+    local g = k == "all" and self.all or self.classes[k]
+    sorted:narrow(1, pos, #rows):copy_(g(xf:gather(rows), p))
+    for r, i in ipairs(rows) do inv[i] = pos + r - 1 end
+    pos = pos + #rows
+  end
+  return restore(sorted:gather(inv), x)
+end
+
+function ClassGaussian:__tostring()
+  local n = 0
+  for _ in pairs(self.classes) do n = n + 1 end
+  return ("diffuse class-conditional gaussian model: D = %d, %d classes"):format(self.D, n)
+end
+
+-- A Gaussian from a decomposition already at hand (a cache), without diagonalising again.
+local function gaussian_from(mean, cov, evals, U)
+  return setmetatable({ predicts = "x0", mean = mean, cov = cov, evals = evals, U = U, D = mean:size(1) }, Gaussian)
+end
+
+-- The Gaussian approximation of the Fashion-MNIST training images as the shipped denoiser
+-- saw them ((N, 784) in [-1, 1]), per class and for all images: the analytic first step of
+-- plans (docs/plans.md).  The moments and eigendecompositions take about 5 s over 60000
+-- images, so they are cached on disk (next to the metrics' reference statistics, about 50 MB)
+-- and the loaded model's `analytic` field is only built when first read.
+M.fashion_gaussian_cache = "fashion-train-gaussians.safetensors"
+local GAUSS_FORMAT = "diffuse-class-gaussians-1"
+function M.fashion_gaussian(opts)
+  opts = check_options("fashion_gaussian", opts, { dir = true, refresh = true }, 2)
+  local metrics = require("diffuse.metrics")
+  local dir = opts.dir or metrics.default_cache_dir()
+  local path = dir .. "/" .. M.fashion_gaussian_cache
+  local names = { "all" }
+  for c = 0, 9 do names[#names + 1] = tostring(c) end
+  local function build(t)
+    local out = setmetatable({ predicts = "x0", classes = {}, D = 784 }, ClassGaussian)
+    for _, k in ipairs(names) do
+      local g = gaussian_from(t["mean_" .. k], t["cov_" .. k], t["evals_" .. k], t["U_" .. k])
+      if k == "all" then out.all = g else out.classes[tonumber(k)] = g end
+    end
+    out.mean = out.all.mean
+    return out
+  end
+  if not opts.refresh then
+    local t, meta = core.safetensors.load(path)
+    if t and meta and meta.format == GAUSS_FORMAT then
+      local ok = true
+      for _, k in ipairs(names) do
+        for _, f in ipairs({ "mean_", "cov_", "evals_", "U_" }) do ok = ok and t[f .. k] ~= nil end
+      end
+      if ok then return build(t) end
+    end
+  end
+  local data = require("diffuse.data")
+  local d, err = data.fashion_mnist { split = "train" }
+  if not d then fail("fashion_gaussian", err, 2) end
+  local n = d.images:size(1)
+  local flat = d.images:reshape(n, d.images:numel() // n)
+  local rows = {}
+  for i, l in ipairs(d.labels) do
+    local k = tostring(l)
+    rows[k] = rows[k] or {}
+    table.insert(rows[k], i)
+  end
+  local t = {}
+  for _, k in ipairs(names) do
+    local g
+    if k == "all" then g = M.gaussian(flat)
+    else
+      if not rows[k] then fail("fashion_gaussian", "the training set has no image of class " .. k, 2) end
+      g = M.gaussian(flat:gather(rows[k]))
+    end
+    t["mean_" .. k], t["cov_" .. k], t["evals_" .. k], t["U_" .. k] = g.mean, g.cov, g.evals, g.U
+  end
+  -- caching is best effort: the statistics are good even when the directory is read-only
+  if core._metrics.mkdir_p(dir) then
+    core.safetensors.save(path, t, { format = GAUSS_FORMAT, data = "fashion-mnist train" })
+  end
+  return build(t)
+end
+
+attach_fashion_analytic = function(model)
+  local base = getmetatable(model)
+  local mt = {}
+  for k, v in pairs(base) do mt[k] = v end
+  local index = base.__index
+  mt.__index = function(t, k)
+    if k == "analytic" then
+      local g = M.fashion_gaussian()
+      rawset(t, "analytic", g)
+      return g
+    end
+    if type(index) == "function" then return index(t, k) end
+    return index[k]
+  end
+  setmetatable(model, mt)
+end
+
 -- models.load(name) -> model, info  (or nil, message when no file is found or it is bad).
 -- A denoiser comes back ready for diffuse.sample (it declares what it predicts and carries
 -- its schedule); a classifier comes back as its network.  info = {net, metadata, path, kind}.
@@ -674,7 +832,10 @@ function M.load(name)
         local schedule = schedule_from_string(md["train.schedule"])
         if not schedule then return nil, ("%s: the file does not name a schedule it was trained with"):format(path) end
         info.kind, info.schedule = "denoiser", schedule
-        return nn.as_model(net, { predicts = predicts, schedule = schedule }), info
+        local model = nn.as_model(net, { predicts = predicts, schedule = schedule })
+        local data = md["train.data"]
+        if type(data) == "string" and data:match("^fashion%-mnist train") then attach_fashion_analytic(model) end
+        return model, info
       end
       info.kind = "classifier"
       return net, info

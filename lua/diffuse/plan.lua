@@ -11,9 +11,15 @@
 --            scale = "taylor" | "dpmsolver" | "bh1" | "bh2" | {linear = c} | {c1, c2, ...},
 --            corrector = false | true,             -- UniC, no extra NFE; never on the last step
 --            eta = 0,                              -- stochasticity (SDE-DPM-Solver++ / k-diffusion eta)
+--            skip = { block, ... },                -- residual blocks left out of the model call
+--                                                  -- at this step's point (point s)
+--            dc = r,                               -- DC-Solver's dynamic compensation ratio
 --            note = "free text" }
+--   plan.analytic = true: point 1's model output is the closed form of a Gaussian
+--   approximation of the data (no network call).
 -- Every point but the last is evaluated once by the model, at the start of its step (or, for
--- a corrector step, at the predicted x), so NFE = #times - 1.  See docs/plans.md.
+-- a corrector step, at the predicted x), so NFE = #times - 1 (- 1 with analytic).  See
+-- docs/plans.md.
 local grid = require("diffuse.grid")
 local schedule_mod = require("diffuse.schedule")
 
@@ -21,9 +27,9 @@ local M = {}
 
 local step_fields = {
   base = true, pred = true, order = true, points = true, scale = true, corrector = true,
-  eta = true, note = true,
+  eta = true, note = true, skip = true, dc = true,
 }
-local plan_fields = { times = true, steps = true, name = true }
+local plan_fields = { times = true, steps = true, name = true, analytic = true }
 local named_scales = { taylor = true, dpmsolver = true, bh1 = true, bh2 = true, deis = true, ipndm = true }
 -- Scales whose whole step is a multistep formula of its own (DEIS, iPNDM): noise prediction
 -- from the previous point over the points just before it, no corrector, no noise.
@@ -45,6 +51,7 @@ function M.normalize_step(raw, s)
     base = raw.base or s, pred = raw.pred or "data", order = raw.order or 1,
     scale = raw.scale or "taylor", corrector = raw.corrector or false, eta = raw.eta or 0,
   }
+  st.skip, st.dc = raw.skip, raw.dc
   st.base = math.tointeger(st.base) or st.base
   st.order = math.tointeger(st.order) or st.order
   if raw.points then
@@ -66,6 +73,7 @@ function M.validate(p)
     end
   end
   if p.name ~= nil and type(p.name) ~= "string" then return nil, "plan: 'name' must be a string" end
+  if p.analytic ~= nil and type(p.analytic) ~= "boolean" then return nil, "plan: 'analytic' must be true or false" end
   local ts = p.times
   if type(ts) ~= "table" or #ts < 2 then return nil, "plan: 'times' must be a list of at least 2 times" end
   for i, t in ipairs(ts) do
@@ -108,6 +116,27 @@ function M.validate(p)
       return bad("eta = %s must be a number >= 0", tostring(raw.eta))
     end
     if raw.note ~= nil and type(raw.note) ~= "string" then return bad("note must be a string") end
+    if raw.skip ~= nil then
+      if type(raw.skip) ~= "table" then return bad("skip must be a list of residual block indices") end
+      local seen = {}
+      for k, b in pairs(raw.skip) do
+        if not is_int(k) or k < 1 or k > #raw.skip then return bad("skip must be a list (it has the key '%s')", tostring(k)) end
+        if not is_int(b) or b < 1 then
+          return bad("skip[%d] = %s must be a positive integer (a residual block index)", k, tostring(b))
+        end
+        if seen[b] then return bad("skip lists block %d twice", b) end
+        seen[b] = true
+      end
+      if s == 1 and p.analytic then
+        return bad("skip has no effect: with analytic = true point 1 is not evaluated by the network")
+      end
+    end
+    if raw.dc ~= nil then
+      if type(raw.dc) ~= "number" or raw.dc ~= raw.dc or math.abs(raw.dc) == math.huge then
+        return bad("dc = %s must be a finite number (the compensation ratio)", tostring(raw.dc))
+      end
+      if s < 2 then return bad("dc needs the model outputs of two points: not on step 1") end
+    end
     local sc = raw.scale
     if sc ~= nil then
       if type(sc) == "string" then
@@ -174,7 +203,7 @@ function M.check(p)
 end
 
 -- Number of model evaluations a plan makes.
-function M.nfe(p) return #p.times - 1 end
+function M.nfe(p) return #p.times - 1 - (p.analytic and 1 or 0) end
 
 ------------------------------------------------------------------------------------------
 -- Text forms: a Lua literal (plan.tostring) or JSON (plan.tojson); plan.parse reads both
@@ -188,7 +217,8 @@ end
 
 local function ident(k) return type(k) == "string" and k:match("^[%a_][%w_]*$") end
 
-local key_order = { "name", "times", "steps", "base", "pred", "order", "points", "scale", "corrector", "eta", "note", "linear" }
+local key_order = { "name", "analytic", "times", "steps", "base", "pred", "order", "points", "scale", "corrector", "eta",
+  "skip", "dc", "note", "linear" }
 local key_rank = {}
 for i, k in ipairs(key_order) do key_rank[k] = i end
 
@@ -235,6 +265,7 @@ local function render(p, json)
   pieces[#pieces + 1] = open
   local lines = {}
   if p.name then lines[#lines + 1] = "  " .. key("name") .. sep .. encode(p.name, json) end
+  if p.analytic ~= nil then lines[#lines + 1] = "  " .. key("analytic") .. sep .. tostring(p.analytic) end
   lines[#lines + 1] = "  " .. key("times") .. sep .. encode(p.times, json)
   local st = {}
   for s, step in ipairs(p.steps) do st[s] = "    " .. encode(step, json) end
@@ -398,6 +429,7 @@ end
 function M.format(p)
   local out = {}
   if p.name then out[#out + 1] = p.name end
+  if p.analytic then out[#out + 1] = "analytic first step (point 1 from the Gaussian approximation)" end
   out[#out + 1] = ("%4s  %-12s %-12s %4s  %-5s %5s  %-14s %-12s %-4s %s"):format("step", "from t", "to t", "base",
     "pred", "order", "points", "scale", "corr", "eta")
   for s, raw in ipairs(p.steps) do
@@ -408,9 +440,17 @@ function M.format(p)
     end
     local pts = {}
     for i, j in ipairs(st.points) do pts[i] = tostring(j) end
+    local extra = {}
+    if raw.skip and #raw.skip > 0 then
+      local b = {}
+      for i, v in ipairs(raw.skip) do b[i] = tostring(v) end
+      extra[#extra + 1] = "skip {" .. table.concat(b, ",") .. "}"
+    end
+    if raw.dc then extra[#extra + 1] = ("dc %.6g"):format(raw.dc) end
+    if raw.note then extra[#extra + 1] = raw.note end
     out[#out + 1] = ("%4d  %-12.6g %-12.6g %4d  %-5s %5d  %-14s %-12s %-4s %g%s"):format(s, p.times[s], p.times[s + 1],
       st.base, st.pred, st.order, "{" .. table.concat(pts, ",") .. "}", tostring(sc), st.corrector and "yes" or "no",
-      st.eta, raw.note and ("  " .. raw.note) or "")
+      st.eta, #extra > 0 and ("  " .. table.concat(extra, "; ")) or "")
   end
   out[#out + 1] = ("NFE %d"):format(M.nfe(p))
   return table.concat(out, "\n")

@@ -18,6 +18,7 @@
 local core = require("diffuse.core")
 local sampler = require("diffuse.sampler")
 local plan_mod = require("diffuse.plan")
+local predict = require("diffuse.predict")
 
 local lincomb = core.lincomb
 local exp, abs, sqrt = math.exp, math.abs, math.sqrt
@@ -233,8 +234,37 @@ local function prepare(st, p)
       need[s + 1] = need[s + 1] or {}
       need[s + 1][key] = true
     end
+    if step.dc then
+      local ids, w = M.dc_weights(times, s, step.dc)
+      steps[s].dc = { ids = ids, w = w }
+      for _, j in ipairs(ids) do
+        last_m[j] = math.max(last_m[j] or 0, s)
+        need[j] = need[j] or {}
+        need[j][key] = true
+      end
+    end
   end
   return { steps = steps, last_x = last_x, last_m = last_m, need = need, pts = pts }
+end
+
+-- DC-Solver's dynamic compensation at step s (arXiv 2409.03755): the model output of point s
+-- is replaced by the Lagrange polynomial through the outputs of points s, s-1, s-2 (those
+-- that exist; in t, as the paper) evaluated at t_{s-1} + ratio (t_s - t_{s-1}).  Returns the
+-- point indices and their weights (ratio 1 gives the output of point s itself).
+M.dc_order = 2
+function M.dc_weights(times, s, ratio)
+  local ids = {}
+  for j = s, math.max(1, s - M.dc_order), -1 do ids[#ids + 1] = j end
+  local tt = times[s - 1] + ratio * (times[s] - times[s - 1])
+  local w = {}
+  for a, i in ipairs(ids) do
+    local c = 1
+    for b, j in ipairs(ids) do
+      if a ~= b then c = c * (tt - times[j]) / (times[i] - times[j]) end
+    end
+    w[a] = c
+  end
+  return ids, w
 end
 
 -- Evaluates the model at point j (x given) and buffers what later steps need.  When the
@@ -244,13 +274,24 @@ end
 -- accumulation instead of in a float32 tensor.
 local function evaluate(st, j, x)
   local ex = st._ei
-  -- An x0-native model's eps is never used (terms in eps are rewritten in x0 and x), so the
-  -- conversion is skipped; an eps-native model still yields x0 for state.x0 (the callback's).
-  local x0, eps = st:eval(x, st.plan.times[j], ex.native == "x0" and "x0" or nil)
+  local native = ex.native
+  local x0, eps
+  if j == 1 and ex.analytic then
+    -- The analytic first step: the Gaussian approximation's closed form, no network call and
+    -- no NFE.  Its output is x0 whatever the network predicts, so point 1 is x0-native.
+    local p = ex.pts[1]
+    local out = ex.analytic(x, p, st.cond)
+    x0 = predict.to_x0_eps(ex.analytic_predicts, out, x, p, "x0")
+    native = "x0"
+  else
+    -- An x0-native model's eps is never used (terms in eps are rewritten in x0 and x), so the
+    -- conversion is skipped; an eps-native model still yields x0 for state.x0 (the callback's).
+    local raw = st.plan.steps[j]
+    x0, eps = st:eval(x, st.plan.times[j], native == "x0" and "x0" or nil, raw and raw.skip and raw)
+  end
   st.mem.done[j] = true
   local need = ex.need[j]
   if need then
-    local native = ex.native
     local p = ex.pts[j]
     if need.x0 then
       if native == "eps" and p.alpha > 0 then
@@ -270,6 +311,26 @@ local function evaluate(st, j, x)
     end
   end
   st.x0 = x0
+end
+
+-- Adds v times the model output of point j (x0 if data, else eps) as terms of add(tensor, coef):
+-- the compensated output when DC replaced it, else the buffered one, converted from the native
+-- prediction (and the x the model saw) when only that is buffered.
+local function add_output(ex, mem, add, j, v, data)
+  local dc = mem.dc[j]
+  if dc and dc.data == data then add(dc.t, v); return end
+  local p = ex.pts[j]
+  if data then
+    if mem.x0[j] then add(mem.x0[j], v)
+    else -- x0 = (xe - sigma eps) / alpha
+      add(mem.xe[j], v / p.alpha); add(mem.eps[j], -v * p.sigma / p.alpha)
+    end
+  else
+    if mem.eps[j] then add(mem.eps[j], v)
+    else -- eps = (xe - alpha x0) / sigma
+      add(mem.xe[j], v / p.sigma); add(mem.x0[j], -v * p.alpha / p.sigma)
+    end
+  end
 end
 
 -- x_new = c.x x_base + sum_i c.m[i] m_{ids[i]} (+ c.z z), m the step's prediction kind, with
@@ -292,24 +353,30 @@ local function apply(st, s, c, step, x_base, z)
   if #c.m > #ids then ids[#ids + 1] = s + 1 end
   for i, j in ipairs(ids) do
     local v = c.m[i]
-    if v ~= 0 then
-      local p = ex.pts[j]
-      if data then
-        if mem.x0[j] then add(mem.x0[j], v)
-        else -- x0 = (xe - sigma eps) / alpha
-          add(mem.xe[j], v / p.alpha); add(mem.eps[j], -v * p.sigma / p.alpha)
-        end
-      else
-        if mem.eps[j] then add(mem.eps[j], v)
-        else -- eps = (xe - alpha x0) / sigma
-          add(mem.xe[j], v / p.sigma); add(mem.x0[j], -v * p.alpha / p.sigma)
-        end
-      end
-    end
+    if v ~= 0 then add_output(ex, mem, add, j, v, data) end
   end
   if z then add(z, c.z) end
   if #ts == 0 then return x_base:mul(0) end
   return lincomb(ts, cs)
+end
+
+-- DC: point s's output (of the step's prediction kind) becomes one lincomb of the outputs of
+-- points s, s-1, s-2 (compensated ones as they are); it replaces the output for every later
+-- use of that kind, as in DC-Solver.
+local function compensate(st, s, dc, data)
+  local ex, mem = st._ei, st.mem
+  local ts, cs, slot = {}, {}, {}
+  local function add(t, v)
+    if v == 0 then return end
+    local k = slot[t]
+    if k then cs[k] = cs[k] + v
+    else
+      k = #ts + 1
+      ts[k], cs[k], slot[t] = t, v, k
+    end
+  end
+  for a, j in ipairs(dc.ids) do add_output(ex, mem, add, j, dc.w[a], data) end
+  mem.dc[s] = { data = data, t = lincomb(ts, cs) }
 end
 
 local function step_fn(st)
@@ -319,6 +386,7 @@ local function step_fn(st)
   local step = e.step
   local mem = st.mem
   if not mem.done[s] then evaluate(st, s, st.x) end
+  if e.dc then compensate(st, s, e.dc, step.pred == "data") end
   if (ex.last_x[s] or 0) > s then mem.x[s] = st.x end
   local x_base = (step.base == s) and st.x or mem.x[step.base]
   local z
@@ -329,7 +397,7 @@ local function step_fn(st)
     x = apply(st, s, e.cc, step, x_base, z)
   end
   -- drop the buffers no later step uses
-  for _, key in ipairs({ "x0", "eps", "xe" }) do
+  for _, key in ipairs({ "x0", "eps", "xe", "dc" }) do
     for j in pairs(mem[key]) do
       if (ex.last_m[j] or 0) <= s then mem[key][j] = nil end
     end
@@ -340,16 +408,38 @@ local function step_fn(st)
   st.x = x
 end
 
+-- Sets the DC ratio of step s of an installed plan (the step must have been installed with a
+-- dc field, which keeps the buffers it needs alive).  Clones share the prepared coefficients,
+-- so this changes the step for every clone of st: diffuse.search.dcsolver tries ratios on
+-- clones one after another.
+function M.set_dc(st, s, ratio)
+  local e = st._ei and st._ei.steps[s]
+  if not (e and e.dc) then error(("set_dc: step %d of the installed plan has no dc field"):format(s), 2) end
+  local ids, w = M.dc_weights(st.plan.times, s, ratio)
+  e.dc = { ids = ids, w = w }
+end
+
 -- Installs plan p in state st (validates it first).
-local function install(st, p)
+local function install(st, p, analytic)
   local ok, err = plan_mod.validate(p)
   if not ok then error("sample: " .. err, 0) end
   st.plan = p
   st.times = p.times
   st.n = #p.times - 1
-  st.mem = { x = {}, x0 = {}, eps = {}, xe = {}, done = {} }
+  st.mem = { x = {}, x0 = {}, eps = {}, xe = {}, done = {}, dc = {} }
   st._ei = prepare(st, p)
   st._ei.native = (st.predicts == "x0" or st.predicts == "eps") and st.predicts or nil
+  if p.analytic then
+    -- the option first, then the model's own (read only now: loaded denoisers build theirs lazily)
+    local a = analytic or (type(st.model) == "table" and st.model.analytic) or nil
+    if a == nil or a == false then
+      error("sample: the plan has analytic = true but there is no analytic model: pass analytic = <a diffuse "
+        .. "model> (e.g. diffuse.models.gaussian(data)) or use a model that has an 'analytic' field", 0)
+    end
+    local kind = type(a) == "table" and a.predicts or "x0"
+    if not predict.kinds[kind] then error(("sample: the analytic model predicts '%s', an unknown kind"):format(tostring(kind)), 0) end
+    st._ei.analytic, st._ei.analytic_predicts = a, kind
+  end
 end
 M.install = install
 
@@ -366,14 +456,18 @@ end
 
 sampler.register("plan", {
   family = "exponential", stochastic = true, own_grid = true,
-  options = { plan = false },
+  options = { plan = false, analytic = false },
   setup = function(st)
     local p = st.opts.plan
     if not p then error("sample: solver 'plan' needs the option plan = <a plan table>", 0) end
     if st.grid_opts and st.grid_opts.steps then
       error("sample: a plan carries its own times; do not pass 'steps' with solver 'plan'", 0)
     end
-    install(st, p)
+    local a = st.opts.analytic
+    if a and type(a) ~= "function" and type(a) ~= "table" then
+      error(("sample: option 'analytic' must be a diffuse model (a Gaussian approximation), got %s"):format(type(a)), 0)
+    end
+    install(st, p, a or nil)
   end,
   step = step_fn,
 })
