@@ -57,13 +57,43 @@ if mode == "search" then
   os.execute("mkdir -p '" .. out_dir .. "'")
   local _, minfo = assert(diffuse.models.load("fashion-denoiser"))
   local f = search.fitness.fashion{ n = 1000, seed = 1 }
+  -- the initial plans: the named solvers at this NFE, and the plans found at the next smaller
+  -- NFE with one point inserted in each gap of their grid (a plan that wastes an evaluation
+  -- is a fine start where extra accuracy does not pay)
+  local sopts = fashion_space()
+  sopts.schedule, sopts.nfe = minfo.schedule, nfe
+  local sp = search.space.new(sopts)
+  local init = sp:presets()
+  for prev = nfe - 1, 1, -1 do
+    local fh = io.open(("%s/fashion-s3-nfe%d.json"):format(out_dir, prev))
+    if fh then
+      local saved = json.decode(fh:read("a"))
+      fh:close()
+      local plans = { saved.plan }
+      for k = prev + 1, nfe do
+        local o = fashion_space()
+        o.schedule, o.nfe = minfo.schedule, k
+        local spk = search.space.new(o)
+        local nxt = {}
+        for _, p in ipairs(plans) do
+          for _, q in ipairs(spk:grown(p, k == nfe and { 0.5, 0.1 } or { 0.5 })) do
+            if #nxt < 40 then nxt[#nxt + 1] = q end
+          end
+        end
+        plans = nxt
+      end
+      for _, q in ipairs(plans) do init[#init + 1] = q end
+      io.stderr:write(("seeded with %d plans grown from the NFE %d result\n"):format(#plans, prev))
+      break
+    end
+  end
   local t0 = diffuse.wtime()
   local best, score, info = search.s3{
     fitness = f, nfe = nfe, schedule = minfo.schedule, seed = 1,
     archive = ("%s/fashion-nfe%d.jsonl"):format(out_dir, nfe),
     generations = generations, initial = 16, population = 12, candidates_per_generation = 400,
     evaluate_per_generation = 8, space = fashion_space(), max_seconds = max_seconds, progress = true,
-    final = { fitness = f:with_seed(3), top = 5 },
+    final = { fitness = f:with_seed(3), top = 5 }, init = init,
     log = function(line) io.stderr:write(line, "\n") end,
   }
   local seconds = diffuse.wtime() - t0
@@ -84,6 +114,7 @@ if mode == "report" then
   local nfes = list_of(arg[4], { 4, 5, 6, 8, 10 })
   local model, minfo = assert(diffuse.models.load("fashion-denoiser"))
   local held = search.fitness.fashion{ n = n, seed = 2 }
+  os.execute("mkdir -p plans")
   local rows = {}
   local t0 = diffuse.wtime()
   local top_presets = 4

@@ -116,6 +116,39 @@ describe("search.space", function()
     end
   end)
 
+  it("grown plans: one more point in each gap, valid in the larger space, same derivative points", function()
+    local sp4 = space.new({ schedule = sched, nfe = 4 })
+    local sp5 = space.new({ schedule = sched, nfe = 5 })
+    local rng = space.rng(21)
+    for _ = 1, 50 do
+      local p = sp4:random(rng)
+      local g = sp5:grown(p, { 0.5 })
+      assert.is_true(#g >= 1)
+      for _, q in ipairs(g) do
+        valid_in(sp5, q)
+        -- the last step takes its derivatives from the same time points as before (unless a
+        -- grid point was pushed by the minimum gap)
+        local s
+        for j = 1, #q.times do if q.times[j] == p.times[4] then s = j end end
+        if s then -- not moved by the minimum gap
+          local a, b = diffuse.plan.normalize_step(p.steps[4], 4), diffuse.plan.normalize_step(q.steps[s], s)
+          assert.are.equal(a.order, b.order)
+          for i, j in ipairs(a.points) do
+            local tj = p.times[j]
+            local found = false
+            for _, k in ipairs(b.points) do if q.times[k] == tj then found = true end end
+            -- a point pushed by the minimum gap has a new time: then only the count is kept
+            if not found then
+              local moved = true
+              for k = 1, #q.times do if q.times[k] == tj then moved = false end end
+              assert.is_true(moved)
+            end
+          end
+        end
+      end
+    end
+  end)
+
   it("changes of order respect the points available", function()
     local sp = space.new({ schedule = sched, nfe = 5 })
     local rng = space.rng(5)

@@ -379,7 +379,15 @@ end
 -- Grid changes remap the step references: after removing point r, indices above r shift
 -- down; after inserting a point at r, indices >= r shift up.
 local function remap_steps(steps, f)
-  for _, st in ipairs(steps) do
+  for s, st in ipairs(steps) do
+    -- default derivative points (the ones just before the base) made explicit first, so they
+    -- keep pointing at the same time points
+    local order = st.order or 1
+    if order >= 2 and not st.points then
+      local b = st.base or s
+      st.points = {}
+      for i = 1, order - 1 do if b - i >= 1 then st.points[#st.points + 1] = b - i end end
+    end
     if st.base then st.base = f(st.base) end
     if st.points then
       local pts = {}
@@ -624,6 +632,29 @@ function Space:crossover(a, b, rng)
   c = self:repair(c)
   if not c then return self:mutate(a, rng) end
   return self:canonical(c)
+end
+
+-- sp:grown(p[, fracs]) -> plans of this space made from a plan with one evaluation less: one
+-- point inserted into each gap of p's grid (at the fractions `fracs` of the gap in lambda,
+-- default {0.5, 0.1}), the new point's step first order.  Seeds a search at a larger NFE with
+-- the result of a smaller one.
+function Space:grown(p, fracs)
+  local out, keys = {}, {}
+  for g = 1, #p.times - 1 do
+    for _, frac in ipairs(fracs or { 0.5, 0.1 }) do
+      local q = copy(p)
+      q.name = nil
+      local lo, hi = self:lambda(q.times[g]), self:lambda(q.times[g + 1])
+      insert_point(q, g + 1, t_of(self, lo + (hi - lo) * frac), { pred = "data", order = 1 })
+      q = self:repair(q)
+      if q and self:check(q) then
+        q = self:canonical(q)
+        local k = self:key(q)
+        if not keys[k] then keys[k] = true; out[#out + 1] = q end
+      end
+    end
+  end
+  return out
 end
 
 ------------------------------------------------------------------------------------------
