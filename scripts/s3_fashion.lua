@@ -194,6 +194,9 @@ if mode == "report" then
       local info = {
         method = "S3 (diffuse.search.s3): predictor-screened evolutionary search over the USF plan space",
         fitness = "FD in fashion-classifier features, 1000 class-balanced samples, noise seed 1 (search.fitness.fashion{n = 1000, seed = 1})",
+        space = "USF plan space: orders 1-4, data/noise prediction, derivative points up to 4 back, scales taylor/dpmsolver/bh1/bh2/linear, UniC corrector, analytic first step, end time in [0.001, 0.02]",
+        init = nfe <= 5 and "the named solvers at this NFE and 16 random plans" or
+          "the named solvers at this NFE, 16 random plans, and the plan found at the next smaller NFE grown by one point per NFE",
         final_stage = "the 5 best plans re-scored on noise seed 3 (1000 samples); the best mean of both FDs wins",
         fd_final_stage = saved.final_score, search_seed = 1, evaluations = saved.evaluations, search_seconds = math.floor(saved.seconds + 0.5),
         fd_search = saved.score, fd_heldout = s3_fd, heldout = ("%d samples, noise seed 2"):format(n),
