@@ -25,7 +25,8 @@
 --   `model` is required and `scale`, where a method has one, must be a number.
 -- * A method file returns a table whose field `methods` maps method names to constructors
 --   (function(opts) -> guidance object); this module finds them: diffuse.guidance.<name>{...},
---   diffuse.guidance.new{method = "<name>", ...}, diffuse.guidance.methods().
+--   diffuse.guidance.new{method = "<name>", ...}, diffuse.guidance.methods().  Its optional
+--   field `functions` maps names of other public functions (diffuse.guidance.<name>).
 --
 -- Helpers for method files: M.object (the base object), M.check_scale, M.gather_cond,
 -- M.scatter_rows, M.row_dot, M.row_norm, M.row_std, M.to_space.
@@ -41,6 +42,7 @@ M.files = { "diffuse.guidance.cfg", "diffuse.guidance.adaptive", "diffuse.guidan
   "diffuse.guidance.classifier", "diffuse.guidance.auto" }
 
 local registry, order, loaded = {}, {}, false
+local functions = {} -- other public functions of method files (linear_ag_fit, ...)
 
 local function load_methods()
   if loaded then return end
@@ -53,6 +55,7 @@ local function load_methods()
         if not registry[k] then order[#order + 1] = k end
         registry[k] = mod.methods[k]
       end
+      for k, f in pairs(mod.functions or {}) do functions[k] = f end
     end
   end
 end
@@ -248,7 +251,7 @@ end
 -- Lazy access to the methods: diffuse.guidance.cfg{...} etc.
 setmetatable(M, { __index = function(_, k)
   load_methods()
-  return registry[k]
+  return registry[k] or functions[k]
 end })
 
 return M
