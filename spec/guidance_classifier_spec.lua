@@ -328,6 +328,20 @@ describe("guidance.gfcg (gradient-free classifier guidance)", function()
     assert.equal(2, g:stats().per_sample)
   end)
 
+  it("keeps the reference classes in the run's memory, forked with the state", function()
+    local mix4 = diffuse.models.gmm { means = { { -2, 0 }, { 2, 0 }, { 0, 2.5 }, { 0, -2.5 } }, stds = 0.7,
+      labels = { 0, 1, 2, 3 } }
+    local g = G.gfcg { model = mix4, classifier = mix4, scale = 1 }
+    local st = diffuse.sampler.new { model = g, schedule = sched, solver = "ddim", steps = 4, shape = { 3, 2 }, seed = 1,
+      cond = { 0, 1, 2 } }
+    st:step()
+    local ref = st.aux[g.key].reference:totable()
+    assert.equal(3, #ref)
+    for i, y in ipairs({ 0, 1, 2 }) do assert.is_true(ref[i] ~= y) end
+    local forked = st:gather({ 3, 1 })
+    assert.same({ ref[3], ref[1] }, forked.aux[g.key].reference:totable())
+  end)
+
   it("runs on the shipped denoiser with the shipped clean classifier", function()
     local model, info = diffuse.models.load("fashion-denoiser")
     local cc = diffuse.models.load("fashion-classifier")

@@ -542,7 +542,8 @@ function M.gfcg(o)
         local q = (py + best) > 0 and best / (py + best) or 0.5
         w[i] = { o2.adaptive and o2.scale * 2 * q or o2.scale }
       end
-      mem.last_reference = ref
+      -- a tensor (one row per batch row), so gather() and clone() of the state fork it
+      mem.reference = core.tensor(ref)
       local r_out = self:eval(x, p, ref, ctx)
       local shape = c_out:shape()
       local wt = core.tensor(w)
