@@ -141,6 +141,27 @@ describe("guidance.classifier with a neural classifier", function()
     assert.equal(2, g:stats().classifier_gradients)
   end)
 
+  it("the shipped noise-conditioned classifier's input gradient matches finite differences", function()
+    local tc = diffuse.models.load("fashion-tclassifier")
+    if not tc then return end
+    local x = diffuse.randn({ 1, 784 }, { seed = 3 }):mul(0.7)
+    local grad = G.classifier { model = zero_score, classifier = tc, scale = 1 }(x, { t = 0.4, alpha = 0.8, sigma = 0.6 }, 3)
+    local function logp(xx)
+      local lg = tc:forward(xx, 0.4)
+      local m, z = -math.huge, 0
+      for c = 1, 10 do m = math.max(m, lg:get(1, c)) end
+      for c = 1, 10 do z = z + math.exp(lg:get(1, c) - m) end
+      return lg:get(1, 4) - m - math.log(z)
+    end
+    for _, j in ipairs({ 100, 407, 600 }) do
+      local h = 1e-2
+      local xp, xm = x:clone(), x:clone()
+      xp:set(1, j, x:get(1, j) + h); xm:set(1, j, x:get(1, j) - h)
+      local fd = (logp(xp) - logp(xm)) / (2 * h)
+      assert.is_true(math.abs(fd - grad:get(1, j)) < 1e-3 + 2e-2 * math.abs(fd), ("%g vs %g"):format(fd, grad:get(1, j)))
+    end
+  end)
+
   it("guides the shipped denoiser with the shipped noise-conditioned classifier", function()
     local model, info = diffuse.models.load("fashion-denoiser")
     local tc = diffuse.models.load("fashion-tclassifier")
