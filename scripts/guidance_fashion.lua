@@ -72,9 +72,33 @@ local methods = {
     make = function(e, s, steps) return G.linear_ag{ model = e.model, scale = s, fit = linear_fit(s, steps) } end },
   { name = "CADS", scales = { 2, 3, 5 },
     make = function(e, s) return G.cads{ model = e.model, scale = s, tau1 = 0.6, tau2 = 0.9, noise_scale = 0.25, psi = 1 } end },
-  -- classifier guidance and autoguidance: further entries, e.g.
-  -- { name = "autoguidance", scales = { 1.5, 2, 3 }, make = function(e, s) return G.auto{ model = e.model, ... } end },
 }
+
+-- Classifier guidance and autoguidance (lua/diffuse/guidance/classifier.lua, auto.lua): rows added
+-- when those methods are present.  The scales are first guesses: adjust them to the methods'
+-- useful range, then measure only these rows, e.g.
+--   lua5.4 scripts/guidance_fashion.lua 2000 build/guidance "classifier,EluCD,GFCG,autoguidance"
+local have = {}
+for _, name in ipairs(G.methods()) do have[name] = true end
+if have.classifier then
+  methods[#methods + 1] = { name = "classifier", scales = { 1, 3, 10 },
+    make = function(e, s) return G.classifier{ model = e.model, classifier = e.tclassifier, scale = s, conditional = true } end }
+end
+if have.elucd then
+  methods[#methods + 1] = { name = "EluCD", scales = { 1, 3, 10 },
+    make = function(e, s) return G.elucd{ model = e.model, classifier = e.classifier, scale = s } end }
+end
+if have.gfcg then
+  methods[#methods + 1] = { name = "GFCG", scales = { 1, 2, 3 },
+    make = function(e, s) return G.gfcg{ model = e.model, classifier = e.classifier, scale = s } end }
+end
+if have.auto then
+  local small = diffuse.models.load("fashion-denoiser-small")
+  if small then
+    methods[#methods + 1] = { name = "autoguidance", scales = { 1.5, 2, 3 },
+      make = function(e, s) return G.auto{ model = e.model, guide = small, scale = s } end }
+  end
+end
 
 local selected
 if only and only ~= "" and only ~= "all" then
@@ -122,6 +146,18 @@ for _, m in ipairs(methods) do
 end
 local function key(name, steps, scale) return ("%s|%d|%g"):format(name, steps, scale) end
 
+-- Atomic writes: a temporary file renamed over the target.
+local function write(path, text)
+  local tmp = path .. ".tmp"
+  local f = assert(io.open(tmp, "w"))
+  f:write(text)
+  f:close()
+  assert(os.rename(tmp, path))
+end
+local function save()
+  write(out_dir .. "/results.json", json.encode({ n = n, solver = SOLVER, seed = SEED, rows = results }) .. "\n")
+end
+
 local t0 = diffuse.wtime()
 local bar = diffuse.progress.new{ total = #jobs, label = "guidance", unit = "runs" }
 for i, j in ipairs(jobs) do
@@ -132,20 +168,12 @@ for i, j in ipairs(jobs) do
   local per = (type(g) == "table" and g.stats) and g:stats().per_sample or j.steps
   results[key(j.m.name, j.steps, j.scale)] = { method = j.m.name, steps = j.steps, scale = j.scale, fd = fd, acc = acc,
     nfe = per, seconds = diffuse.wtime() - ts }
+  save() -- after every run: an interrupted sweep keeps what it measured
   bar:update(i, { [j.m.name] = j.scale })
 end
 bar:finish()
 local seconds = diffuse.wtime() - t0
 
--- Atomic writes: a temporary file renamed over the target.
-local function write(path, text)
-  local tmp = path .. ".tmp"
-  local f = assert(io.open(tmp, "w"))
-  f:write(text)
-  f:close()
-  assert(os.rename(tmp, path))
-end
-write(out_dir .. "/results.json", json.encode({ n = n, solver = SOLVER, seed = SEED, rows = results }) .. "\n")
 
 -- Rows in the order of the methods list (then any other method found in results.json).
 local names, seen = {}, {}
