@@ -110,13 +110,13 @@ describe("guidance.ag", function()
 
   it("rows are independent: a batch equals each row run alone (partial evaluation scatters back)", function()
     local gamma = 0.99999 -- rows 2, 3 and 5 switch at once, the others later or never
-    local g = guidance.ag{ model = gmm, scale = 3, gamma = gamma }
+    local g = guidance.ag{ model = gmm, scale = 3, gamma = gamma, measure = "eps" }
     local x, info = run(g)
     local frac = g:switched(info.state)
     assert.is_true(frac > 0 and frac < 1, "some rows switch, not all: " .. frac)
     local total = 0
     for i = 1, N do
-      local gi = guidance.ag{ model = gmm, scale = 3, gamma = gamma }
+      local gi = guidance.ag{ model = gmm, scale = 3, gamma = gamma, measure = "eps" }
       local xi = diffuse.sample{ model = gi, schedule = sched, solver = "dpmpp_2m", steps = 8, shape = { 1, 2 }, seed = 3,
         offset = i - 1, cond = cond:narrow(1, i, 1) }
       assert.allclose(x:narrow(1, i, 1), xi, 1e-6, 1e-6)
@@ -127,7 +127,7 @@ describe("guidance.ag", function()
   end)
 
   it("gather and clone of a state mid-run fork the switch memory with the rows", function()
-    local g = guidance.ag{ model = gmm, scale = 3, gamma = 0.99999 }
+    local g = guidance.ag{ model = gmm, scale = 3, gamma = 0.99999, measure = "eps" }
     local st = diffuse.sampler.new{ model = g, schedule = sched, solver = "dpmpp_2m", steps = 8, shape = { N, 2 }, seed = 3,
       cond = cond }
     for _ = 1, 4 do st:step() end

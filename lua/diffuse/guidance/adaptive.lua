@@ -30,8 +30,14 @@ end
 
 local ag_valid = copy_table(cfg.valid)
 ag_valid.gamma = true
+ag_valid.measure = true
 local ag_defaults = copy_table(cfg.defaults)
 ag_defaults.gamma = 0.99
+-- Why x0 by default: on the shipped denoiser (vp_cosine) the eps-space cosine is >= 0.9999 for
+-- every row during the first steps (x / sigma dominates both noise predictions) and falls late
+-- in the run, so an eps-space switch fires at once or not at all; the x0-space cosine rises
+-- steadily from about 0.85 to 1 (docs/guidance.md).
+ag_defaults.measure = "x0"
 
 -- Row lists of the not-yet-switched rows: all rows when nothing switched.
 local function active_rows(switched, n)
@@ -45,13 +51,16 @@ local function active_rows(switched, n)
   return rows
 end
 
--- ag{model, scale, gamma = 0.99, space = "eps", rescale = 0, interval = nil, interval_on}
--- The cosine similarity is measured in `space`.  gamma >= 1 never switches (plain CFG).
+-- ag{model, scale, gamma = 0.99, measure = "x0", space = "eps", rescale = 0, interval = nil, interval_on}
+-- The cosine similarity is measured in `measure` space ("x0", "eps" or "v"); `space` is the
+-- rescale's.  gamma >= 1 never switches (plain CFG).
 function M.ag(o)
   local F = "guidance.ag"
   local g = G.object(F, o, ag_valid, ag_defaults, 2)
   cfg.check_common(F, g.opts, 2)
   G.check_scale(F, "gamma", g.opts.gamma, 2)
+  local ms = g.opts.measure
+  if ms ~= "x0" and ms ~= "eps" and ms ~= "v" then util.fail(F, ("unknown measure '%s' (valid: eps, v, x0)"):format(tostring(ms)), 2) end
   g.guide = function(self, x, p, cond, ctx)
     local mem = self:memory(x, p, ctx)
     local opts, kind, n = self.opts, self.predicts, #x
@@ -71,7 +80,7 @@ function M.ag(o)
     local guided = cfg.combine(opts, kind, cp, u, xp, p)
     -- the switch: rows whose predictions agree past gamma stop evaluating u from now on
     if opts.gamma < 1 then
-      local cs, us = G.to_space(cp, kind, opts.space, xp, p), G.to_space(u, kind, opts.space, xp, p)
+      local cs, us = G.to_space(cp, kind, opts.measure, xp, p), G.to_space(u, kind, opts.measure, xp, p)
       local cos = G.row_cos(cs, us)
       local flags = mem.switched and mem.switched:totable() or nil
       local changed = false
@@ -89,7 +98,7 @@ function M.ag(o)
     return guided
   end
   g.describe = function(self)
-    return ("scale %g, gamma %g in %s"):format(self.opts.scale, self.opts.gamma, self.opts.space)
+    return ("scale %g, gamma %g in %s"):format(self.opts.scale, self.opts.gamma, self.opts.measure)
   end
   -- The fraction of rows of a state (or of the last bare run) that have switched.
   g.switched = function(self, st)

@@ -175,11 +175,12 @@ function Guidance:memory(x, p, ctx)
     return mem, true
   end
   local b = self._bare
-  if b and b.n == n and not (p.t > b.t) then
-    b.t = p.t
+  local t = p.t or p.sigma or 0 -- a hand-made point may carry only alpha and sigma
+  if b and b.n == n and not (t > b.t) then
+    b.t = t
     return b.mem, false
   end
-  self._bare = { n = n, t = p.t, mem = {} }
+  self._bare = { n = n, t = t, mem = {} }
   self.counts.samples = self.counts.samples + n
   return self._bare.mem, true
 end
