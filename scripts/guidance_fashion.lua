@@ -1,14 +1,15 @@
 -- Guidance methods on the shipped Fashion-MNIST denoiser: class accuracy (shipped classifier),
 -- Fréchet distance in the classifier's feature space against the test set, and network
--- evaluations per sample, for every method at 10 and 20 steps of DPM-Solver++(2M) over a sweep
+-- evaluations per sample, for every method at 10 and 20 steps of DPM++(2M) (k-diffusion's, on the
+-- Karras grid) over a sweep
 -- of guidance scales.  Writes a Markdown table, results.json and a PNG plot (FD against class
 -- accuracy; gnuplot).
 --
 --   lua5.4 scripts/guidance_fashion.lua [n = 1000] [out_dir = build/guidance] [only = all]
 --
--- `only` is a comma-separated list of method names: only those rows are run, and the other rows
+-- `only` is a list of method names separated by ';': only those rows are run, and the other rows
 -- are kept from an earlier results.json in out_dir (so methods added later are measured
--- without re-running the rest).  Methods are the `methods` list below: each entry is a name, a
+-- without re-running the rest); only = "none" redraws the table and the plot from it.  Methods are the `methods` list below: each entry is a name, a
 -- list of scales and make(env, scale, steps) -> a model for diffuse.sample (a guidance object,
 -- or the base model for the unguided row); env holds the denoiser, its schedule and the shipped
 -- classifiers.  Classifier guidance and autoguidance plug in as further entries.
@@ -61,8 +62,12 @@ local INTERVAL = { 0.2, 7 } -- sigma_hat band: 4 of the 10 steps (6.8, 2.65, 0.8
 local methods = {
   { name = "conditional", scales = { 1 }, make = function(e) return e.model end },
   { name = "CFG", scales = { 1.5, 2, 3, 5 }, make = function(e, s) return G.cfg{ model = e.model, scale = s } end },
-  { name = "CFG interval", scales = { 2, 3, 5, 8 },
+  { name = "CFG interval (0.2, 7]", scales = { 2, 3, 5, 8 },
     make = function(e, s) return G.cfg{ model = e.model, scale = s, interval = INTERVAL } end },
+  -- guidance at high noise only: the best of five bands tried at 10 steps, 1000 samples, on the
+  -- measured seed (docs/guidance.md)
+  { name = "CFG interval (1, inf]", scales = { 2, 3, 5 },
+    make = function(e, s) return G.cfg{ model = e.model, scale = s, interval = { 1, math.huge } } end },
   { name = "CFG rescale 0.7", scales = { 2, 3, 5 },
     make = function(e, s) return G.cfg{ model = e.model, scale = s, rescale = 0.7, space = "x0" } end },
   { name = "AG 0.99", scales = { 1.5, 2, 3, 5 }, make = function(e, s) return G.ag{ model = e.model, scale = s, gamma = 0.99 } end },
@@ -70,14 +75,16 @@ local methods = {
   { name = "AG 0.995", scales = { 2, 3, 5 }, make = function(e, s) return G.ag{ model = e.model, scale = s, gamma = 0.995 } end },
   { name = "LinearAG", scales = { 2, 3, 5 },
     make = function(e, s, steps) return G.linear_ag{ model = e.model, scale = s, fit = linear_fit(s, steps) } end },
-  { name = "CADS", scales = { 2, 3, 5 },
+  { name = "CADS (0.6, 0.9, s 0.25)", scales = { 2, 3, 5 },
     make = function(e, s) return G.cads{ model = e.model, scale = s, tau1 = 0.6, tau2 = 0.9, noise_scale = 0.25, psi = 1 } end },
+  { name = "CADS (0.9, 0.99, s 0.1)", scales = { 2, 3, 5 },
+    make = function(e, s) return G.cads{ model = e.model, scale = s, tau1 = 0.9, tau2 = 0.99, noise_scale = 0.1, psi = 1 } end },
 }
 
 -- Classifier guidance and autoguidance (lua/diffuse/guidance/classifier.lua, auto.lua): rows added
 -- when those methods are present.  The scales are first guesses: adjust them to the methods'
 -- useful range, then measure only these rows, e.g.
---   lua5.4 scripts/guidance_fashion.lua 2000 build/guidance "classifier,EluCD,GFCG,autoguidance"
+--   lua5.4 scripts/guidance_fashion.lua 2000 build/guidance "classifier;EluCD;GFCG;autoguidance"
 local have = {}
 for _, name in ipairs(G.methods()) do have[name] = true end
 if have.classifier then
@@ -101,9 +108,20 @@ if have.auto then
 end
 
 local selected
-if only and only ~= "" and only ~= "all" then
+if only == "none" then
+  selected = {} -- no runs: the table and the plot are redrawn from results.json
+elseif only and only ~= "" and only ~= "all" then
   selected = {}
-  for name in only:gmatch("[^,]+") do selected[name] = true end
+  local known = {}
+  for _, m in ipairs(methods) do known[m.name] = true end
+  for name in only:gmatch("[^;]+") do
+    if not known[name] then
+      local names = {}
+      for _, m in ipairs(methods) do names[#names + 1] = m.name end
+      error(("unknown method '%s' (methods: %s)"):format(name, table.concat(names, "; ")))
+    end
+    selected[name] = true
+  end
 end
 
 -- Earlier results (kept for the rows not run now).
@@ -159,7 +177,7 @@ local function save()
 end
 
 local t0 = diffuse.wtime()
-local bar = diffuse.progress.new{ total = #jobs, label = "guidance", unit = "runs" }
+local bar = #jobs > 0 and diffuse.progress.new{ total = #jobs, label = "guidance", unit = "runs" }
 for i, j in ipairs(jobs) do
   local g = j.m.make(env, j.scale, j.steps)
   local ts = diffuse.wtime()
@@ -171,7 +189,7 @@ for i, j in ipairs(jobs) do
   save() -- after every run: an interrupted sweep keeps what it measured
   bar:update(i, { [j.m.name] = j.scale })
 end
-bar:finish()
+if bar then bar:finish() end
 local seconds = diffuse.wtime() - t0
 
 
@@ -194,7 +212,7 @@ end
 
 local md = {}
 md[#md + 1] = ("%d samples per entry (10 classes balanced, seed %d), %s; FD against the Fashion-MNIST test set in the shipped classifier's features; class accuracy by the shipped classifier; NFE = network evaluations per sample."):format(
-  n, SEED, "DPM-Solver++(2M)")
+  n, SEED, "DPM++(2M) (`dpmpp_2m`, Karras grid)")
 for _, steps in ipairs(STEPS) do
   md[#md + 1] = ""
   md[#md + 1] = ("**%d steps**"):format(steps)
@@ -234,16 +252,19 @@ if os.execute("command -v gnuplot > /dev/null 2>&1") then
     "set terminal pngcairo size 1200,500 noenhanced",
     ("set output '%s/guidance.png'"):format(out_dir),
     "set multiplot layout 1,2",
-    "set xlabel 'class accuracy (%)'", "set ylabel 'FD (classifier features)'", "set grid", "set key left top",
+    "set xlabel 'class accuracy (%)'", "set ylabel 'FD (classifier features)'", "set grid", "set key right top font ',9'",
   }
   for _, steps in ipairs(STEPS) do
     local plots = {}
     for _, e in ipairs(idx) do
       if e.steps == steps then
-        plots[#plots + 1] = ("'%s' index %d using 1:2 with linespoints title '%s'"):format(dat, e.index, e.name)
+        -- gnuplot cycles 8 colours: later lines are dashed, so no two look the same
+        local k = #plots
+        plots[#plots + 1] = ("'%s' index %d using 1:2 with linespoints lt %d dt %d title '%s'"):format(dat, e.index,
+          k % 8 + 1, k // 8 + 1, e.name)
       end
     end
-    lines[#lines + 1] = ("set title 'fashion-denoiser, DPM-Solver++(2M), %d steps (n = %d)'"):format(steps, n)
+    lines[#lines + 1] = ("set title 'fashion-denoiser, DPM++(2M), %d steps (n = %d)'"):format(steps, n)
     lines[#lines + 1] = "plot " .. table.concat(plots, ", ")
   end
   lines[#lines + 1] = "unset multiplot"
