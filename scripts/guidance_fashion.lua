@@ -81,28 +81,30 @@ local methods = {
     make = function(e, s) return G.cads{ model = e.model, scale = s, tau1 = 0.9, tau2 = 0.99, noise_scale = 0.1, psi = 1 } end },
 }
 
--- Classifier guidance and autoguidance (lua/diffuse/guidance/classifier.lua, auto.lua): rows added
--- when those methods are present.  The scales are first guesses: adjust them to the methods'
--- useful range, then measure only these rows, e.g.
+-- Classifier guidance and autoguidance (lua/diffuse/guidance/classifier.lua, auto.lua), at the
+-- settings docs/guidance-classifier.md found useful (1000-sample exploration there): EluCD with
+-- the exact gradient through the denoiser and clipped x0, GFCG clipped, autoguidance at small
+-- scales (the shipped weak model is much weaker than the main one).  Measure only these rows with
 --   lua5.4 scripts/guidance_fashion.lua 2000 build/guidance "classifier;EluCD;GFCG;autoguidance"
 local have = {}
 for _, name in ipairs(G.methods()) do have[name] = true end
 if have.classifier then
-  methods[#methods + 1] = { name = "classifier", scales = { 1, 3, 10 },
+  methods[#methods + 1] = { name = "classifier", scales = { 2, 8 },
     make = function(e, s) return G.classifier{ model = e.model, classifier = e.tclassifier, scale = s, conditional = true } end }
 end
 if have.elucd then
-  methods[#methods + 1] = { name = "EluCD", scales = { 1, 3, 10 },
-    make = function(e, s) return G.elucd{ model = e.model, classifier = e.classifier, scale = s } end }
+  methods[#methods + 1] = { name = "EluCD", scales = { 1, 2 },
+    make = function(e, s) return G.elucd{ model = e.model, classifier = e.classifier, scale = s, through = "denoiser",
+      clip = { -1, 1 } } end }
 end
 if have.gfcg then
-  methods[#methods + 1] = { name = "GFCG", scales = { 1, 2, 3 },
-    make = function(e, s) return G.gfcg{ model = e.model, classifier = e.classifier, scale = s } end }
+  methods[#methods + 1] = { name = "GFCG", scales = { 2, 8 },
+    make = function(e, s) return G.gfcg{ model = e.model, classifier = e.classifier, scale = s, clip = { -1, 1 } } end }
 end
 if have.auto then
   local small = diffuse.models.load("fashion-denoiser-small")
   if small then
-    methods[#methods + 1] = { name = "autoguidance", scales = { 1.5, 2, 3 },
+    methods[#methods + 1] = { name = "autoguidance", scales = { 1.25, 1.5 },
       make = function(e, s) return G.auto{ model = e.model, guide = small, scale = s } end }
   end
 end
