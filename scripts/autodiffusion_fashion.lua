@@ -7,8 +7,11 @@
 -- Writes <out>/autodiffusion.json and <out>/autodiffusion.md; archives (one JSON line per
 -- evaluated candidate, reruns resume) go to <out>/autodiffusion-*.jsonl.
 --
---   lua5.4 scripts/autodiffusion_fashion.lua [out = scratch] [population = 30] [generations = 10]
---                                            [budgets = 2,4,6] [joint population = 20] [joint generations = 8]
+--   lua5.4 scripts/autodiffusion_fashion.lua [out = scratch] [population = 24] [generations = 10]
+--                                            [budgets = 2,4,6 ("-": none)] [joint population = 16] [joint generations = 6]
+--                                            [start = fixed | free]
+-- "free" searches the first time step too (as the paper, whose sampler starts from pure noise at
+-- whichever step comes first); "fixed" keeps it at t_start, where the noise is drawn.
 local diffuse = require("diffuse")
 local fitness = require("diffuse.search.fitness")
 local AD = require("diffuse.search.autodiffusion")
@@ -16,12 +19,13 @@ local json = require("diffuse.json")
 local wtime = require("diffuse.core").wtime
 
 local out = arg[1] or "scratch"
-local P = tonumber(arg[2]) or 30
+local P = tonumber(arg[2]) or 24
 local G = tonumber(arg[3]) or 10
 local budgets = {}
 for b in (arg[4] or "2,4,6"):gmatch("%d+") do budgets[#budgets + 1] = tonumber(b) end
-local PJ = tonumber(arg[5]) or 20
-local GJ = tonumber(arg[6]) or 8
+local PJ = tonumber(arg[5]) or 16
+local GJ = tonumber(arg[6]) or 6
+local fix_start = arg[7] ~= "free"
 local K = 4
 os.execute("mkdir -p '" .. out .. "'")
 
@@ -67,7 +71,7 @@ results.ddim_uniform = { search = ddim_search, held_out = ddim_held }
 -- 1. time steps
 local t0 = wtime()
 local best, score, info = AD{ fitness = f1, steps = K, solver = "ddim", population = P, generations = G, seed = 1,
-  progress = "autodiffusion time", archive = out .. "/autodiffusion-time.jsonl" }
+  fix_start = fix_start, progress = "autodiffusion time", archive = out .. "/autodiffusion-time.jsonl" }
 local held = f2(info.run)
 print(("time steps: %s  FD %.4f (search), %.4f (held-out), %d evaluations, %.0f s"):format(
   table.concat(best.times, ", "), score, held, info.evaluations, wtime() - t0))
@@ -79,7 +83,7 @@ results.joint = {}
 for _, b in ipairs(budgets) do
   local t1 = wtime()
   local bj, sj, ij = AD{ fitness = f1, steps = K, solver = "ddim", stage = "joint", block_budget = b, init = best,
-    population = PJ, generations = GJ, seed = 1, progress = ("autodiffusion joint %d"):format(b),
+    fix_start = fix_start, population = PJ, generations = GJ, seed = 1, progress = ("autodiffusion joint %d"):format(b),
     archive = ("%s/autodiffusion-joint%d.jsonl"):format(out, b) }
   local hj = f2(ij.run)
   local saved_blocks = b / (K * #net.blocks)
