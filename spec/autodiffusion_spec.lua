@@ -120,6 +120,23 @@ describe("search.autodiffusion", function()
     os.remove(path)
   end)
 
+  it("gives the same search through a pool", function()
+    local f = B.problems.fitness("gmm2d", 1)
+    local calls = 0
+    local pool = { map = function(_, fn, items)
+      calls = calls + 1
+      local out = {}
+      for i, it in ipairs(items) do out[i] = fn(it) end
+      return out
+    end }
+    local b1, s1, i1 = AD{ fitness = f, steps = 4, population = 12, generations = 4, seed = 2, pool = pool }
+    local b2, s2, i2 = AD{ fitness = f, steps = 4, population = 12, generations = 4, seed = 2 }
+    assert.are.equal(4, calls) -- one map per generation
+    assert.are.equal(s2, s1)
+    assert.are.same(b2.times, b1.times)
+    assert.are.equal(i2.evaluations, i1.evaluations)
+  end)
+
   it("checks its options", function()
     local f = B.problems.fitness("gmm2d", 1)
     assert.has_error(function() AD{ steps = 4 } end, "search.autodiffusion: 'fitness' is required: a fitness from diffuse.search.fitness")

@@ -430,7 +430,13 @@ function M.run(o)
     end
     if o.pool and #runs > 0 then
       local res = o.pool:map(function(run) local s, info = f(run); return { score = s, nfe = info and info.nfe } end, runs)
-      for i, c in ipairs(todo) do record(c, res[i].score, res[i].nfe) end
+      for i, c in ipairs(todo) do
+        if res[i].nfe and res[i].nfe ~= K then
+          error(("%s: a candidate run took %d NFE, not %d"):format(F, res[i].nfe, K), 0)
+        end
+        record(c, res[i].score, res[i].nfe)
+      end
+      done = done + #todo
     else
       for i, c in ipairs(todo) do
         local s, info = f(runs[i])
@@ -449,6 +455,7 @@ function M.run(o)
       local k = key_of(c)
       if not best_key or scores[k] < scores[best_key] then best_key = k end
     end
+    if bar and o.pool then bar:update(math.min(done, G * P), { best = scores[best_key] }) end
   end
 
   -- propose(fn, n): up to n new legal candidates from fn(), ten tries per candidate
@@ -523,7 +530,6 @@ function M.run(o)
     run = M.run_of(best, run_opts), top = {}, grid = space.grid,
   }
   for i, c in ipairs(top) do info.top[i] = { times = space:times_of(c), skips = c.skips, score = scores[key_of(c)] } end
-  M._last_space = space
   return best, scores[key_of(b)], info
 end
 
