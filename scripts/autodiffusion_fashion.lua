@@ -2,13 +2,13 @@
 --   1. the time-step search (FD of 1000 samples, noise seed 1), reported on 2000 samples of
 --      held-out noise seed 2 against DDIM on the uniform grid;
 --   2. the joint search of time steps and skipped residual blocks for total block budgets
---      (default 2, 4, 6 of the 4 x 6 block evaluations), starting from the time-stage result;
+--      (default 2, 4, 6, 12 of the 4 x 6 block evaluations), starting from the time-stage result;
 --      FD on held-out noise against the fraction of network compute saved.
 -- Writes <out>/autodiffusion.json and <out>/autodiffusion.md; archives (one JSON line per
 -- evaluated candidate, reruns resume) go to <out>/autodiffusion-*.jsonl.
 --
 --   lua5.4 scripts/autodiffusion_fashion.lua [out = scratch] [population = 24] [generations = 10]
---                                            [budgets = 2,4,6 ("-": none)] [joint population = 16] [joint generations = 6]
+--                                            [budgets = 2,4,6,12 ("-": none)] [joint population = 24] [joint generations = 8]
 --                                            [start = fixed | free]
 -- "free" searches the first time step too (as the paper, whose sampler starts from pure noise at
 -- whichever step comes first); "fixed" keeps it at t_start, where the noise is drawn.
@@ -22,9 +22,9 @@ local out = arg[1] or "scratch"
 local P = tonumber(arg[2]) or 24
 local G = tonumber(arg[3]) or 10
 local budgets = {}
-for b in (arg[4] or "2,4,6"):gmatch("%d+") do budgets[#budgets + 1] = tonumber(b) end
-local PJ = tonumber(arg[5]) or 16
-local GJ = tonumber(arg[6]) or 6
+for b in (arg[4] or "2,4,6,12"):gmatch("%d+") do budgets[#budgets + 1] = tonumber(b) end
+local PJ = tonumber(arg[5]) or 24
+local GJ = tonumber(arg[6]) or 8
 local fix_start = arg[7] ~= "free"
 local K = 4
 os.execute("mkdir -p '" .. out .. "'")
