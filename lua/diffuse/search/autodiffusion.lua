@@ -429,7 +429,15 @@ function M.run(o)
       end
     end
     if o.pool and #runs > 0 then
-      local res = o.pool:map(function(run) local s, info = f(run); return { score = s, nfe = info and info.nfe } end, runs)
+      -- The pool ships plain data only: items are indices into runs (a run may hold a wrapped
+      -- model); forked workers see runs as it was when map forked them.
+      local idx = {}
+      for i = 1, #runs do idx[i] = i end
+      local res = o.pool:map(function(i)
+        local s, info = f(runs[i])
+        return { score = s == math.huge and "inf" or s, nfe = info and info.nfe }
+      end, idx)
+      for _, r in ipairs(res) do if r.score == "inf" then r.score = math.huge end end
       for i, c in ipairs(todo) do
         if res[i].nfe and res[i].nfe ~= K then
           error(("%s: a candidate run took %d NFE, not %d"):format(F, res[i].nfe, K), 0)
