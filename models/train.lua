@@ -3,6 +3,7 @@
 --   lua5.4 models/train.lua classifier  [steps]   -> models/fashion-classifier.safetensors
 --   lua5.4 models/train.lua tclassifier [steps]   -> models/fashion-tclassifier.safetensors
 --   lua5.4 models/train.lua denoiser    [steps]   -> models/fashion-denoiser.safetensors
+--   lua5.4 models/train.lua denoiser-small [steps] -> models/fashion-denoiser-small.safetensors
 --
 -- (from the repository root, with LUA_PATH / LUA_CPATH pointing at lua/ and build/ as
 -- `make` sets them, or with the rock installed).  Runs are deterministic for the seed below;
@@ -92,7 +93,24 @@ elseif what == "denoiser" then
     diffuse.wtime() - t0))
   finish(net, r, "fashion-denoiser", { ["train.objective"] = "v", ["train.schedule"] = tostring(schedule),
     ["train.label_dropout"] = "0.1", ["train.final_loss"] = r.history[#r.history] and r.history[#r.history].loss }, "F16")
+elseif what == "denoiser-small" then
+  -- The deliberately weaker denoiser for autoguidance (Karras et al. 2024): the same data,
+  -- objective, schedule and label dropout as fashion-denoiser, but a third of the width, half
+  -- the depth and a fifth of the training, so its errors are the main model's, only larger.
+  local net = nn.ResMLP{ in_dim = 784, width = 256, depth = 3, emb_dim = 128, num_classes = 10, out_dim = 784,
+    label_dropout = 0.1, time_scale = 1000, seed = 5 }
+  print(net)
+  local r = train.denoiser{ net = net, images = data.images, labels = data.labels, schedule = schedule,
+    objective = "v", steps = steps or 4000, batch = 256, lr = 1e-3, warmup = 200, decay = "cosine",
+    lr_min = 1e-5, clip = 1.0, ema = 0.999, seed = 5, checkpoint = "build/checkpoints/fashion-denoiser-small.ckpt",
+    checkpoint_every = 500, label = "denoiser-small" }
+  print(("final loss %.5f (%.0f s)"):format(r.history[#r.history] and r.history[#r.history].loss or 0 / 0,
+    diffuse.wtime() - t0))
+  finish(net, r, "fashion-denoiser-small", { ["train.objective"] = "v", ["train.schedule"] = tostring(schedule),
+    ["train.label_dropout"] = "0.1", ["train.final_loss"] = r.history[#r.history] and r.history[#r.history].loss,
+    ["train.recipe"] = "4000 steps batch 256, AdamW lr 1e-3 (200 warm-up, cosine to 1e-5), clip 1.0, EMA 0.999, seed 5" },
+    "F16")
 else
-  io.stderr:write("usage: lua5.4 models/train.lua classifier|tclassifier|denoiser [steps]\n")
+  io.stderr:write("usage: lua5.4 models/train.lua classifier|tclassifier|denoiser|denoiser-small [steps]\n")
   os.exit(2)
 end

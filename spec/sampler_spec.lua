@@ -92,6 +92,28 @@ describe("sampler state", function()
     assert.allclose(st.x:gather({ 2, 2, 5 }), g.x, 1e-6, 0)
   end)
 
+  it("gather carries a per-row condition and the model-side memory; models.fn passes the call context", function()
+    local gmm = diffuse.models.gmm{ means = { { -2, 0 }, { 2, 0 } }, stds = { 0.3, 0.3 }, labels = { 0, 1 } }
+    local seen_ctx
+    local m = diffuse.models.fn(function(x, p, cond, ctx)
+      seen_ctx = ctx
+      ctx.state.aux.rows = ctx.state.aux.rows or x:mul(0):add(1)
+      return gmm(x, p, cond)
+    end, { predicts = "x0" })
+    local labels = diffuse.tensor({ 0, 1, 0, 1 })
+    local st = sampler.new({ model = m, schedule = sched, solver = "dpmsolver++", steps = 6, shape = { 4, 2 }, seed = 5,
+      cond = labels })
+    st:step()
+    assert.equal(st, seen_ctx.state)
+    local g = st:gather({ 2, 4, 4 })
+    assert.same({ 1, 1, 1 }, g.cond:totable())
+    assert.same({ 3, 2 }, g.aux.rows:shape())
+    g:run()
+    -- the forked rows end where the unforked ones do: their labels followed them
+    st:run()
+    assert.allclose(st.x:gather({ 2, 4, 4 }), g.x, 1e-6, 0)
+  end)
+
   it("the callback sees x, the x0 estimate and the step", function()
     local seen = {}
     diffuse.sample(run({ callback = function(s) seen[#seen + 1] = { s.i, s.n, s.x:numel(), s.x0:numel(), s.nfe } end }))

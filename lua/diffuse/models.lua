@@ -604,7 +604,9 @@ end
 
 local FnModel = {}
 FnModel.__index = FnModel
-FnModel.__call = function(self, x, p, cond) return self.f(x, p, cond) end
+-- ctx (the sampler's call context: state, skip) passes through to f, so wrapped guidance
+-- objects and networks keep their per-run memory and skipped blocks.
+FnModel.__call = function(self, x, p, cond, ctx) return self.f(x, p, cond, ctx) end
 FnModel.__tostring = function(self) return ("diffuse model (Lua function, predicts %s)"):format(self.predicts) end
 
 -- A Lua function f(x, point, cond) -> tensor as a model that predicts opts.predicts.
@@ -625,7 +627,7 @@ function M.as(m, kind)
   local from = type(m) == "table" and m.predicts
   if not from then fail("models.as", "the model must declare predicts (wrap functions with models.fn)", 2) end
   if not predict.kinds[kind] then fail("models.as", ("unknown prediction kind '%s'"):format(tostring(kind)), 2) end
-  return M.fn(function(x, p, cond) return M.convert(m(x, p, cond), from, kind, x, p) end,
+  return M.fn(function(x, p, cond, ctx) return M.convert(m(x, p, cond, ctx), from, kind, x, p) end,
     { predicts = kind, schedule = m.schedule })
 end
 

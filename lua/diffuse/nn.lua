@@ -756,11 +756,13 @@ local function skip_set(self, skip, level)
   return set
 end
 
-local resmlp_call = { skip = true }
+local resmlp_call = { skip = true, embedding = true }
 
 -- forward(x, t, labels[, {skip = {i, ...}}]) -> (N, out_dim), or x's shape when out_dim == in_dim.
 -- x: (N, in_dim) or (N, ...) with in_dim elements per row; t: number, list or (N) tensor;
 -- labels: nil (null class), a number, a list or an (N) tensor (ignored without num_classes).
+-- opts.embedding: an (N, emb_dim) tensor used instead of the class embedding of labels (condition
+-- annealing adds noise to it); labels are then ignored.
 function ResMLP:forward(x, t, labels, opts)
   opts = opts and check_options("ResMLP:forward", opts, resmlp_call, 2) or EMPTY
   if not is_tensor(x) or x:dim() < 2 or x:numel() ~= x:size(1) * self.in_dim then
@@ -774,7 +776,17 @@ function ResMLP:forward(x, t, labels, opts)
   local te = self.time_emb:forward(time_tensor(self:_where(), t, n, 2))
   local t1 = self.time_fc1:forward(te)
   local c = self.time_fc2:forward(K.film_silu_fwd(t1))
-  if self.class_emb then c = c:add_(self.class_emb:forward(labels, n)) end
+  local e = opts.embedding
+  if e ~= nil then
+    if not self.class_emb then self:_fail("embedding given but the network has no class embedding (num_classes)", 2) end
+    if self.training then self:_fail("embedding is for inference: put the network in eval mode", 2) end
+    if not is_tensor(e) or e:dim() ~= 2 or e:size(1) ~= n or e:size(2) ~= self.emb_dim then
+      self:_fail(("embedding is %s, expected (%d, %d)"):format(is_tensor(e) and shape_str(e) or type(e), n, self.emb_dim), 2)
+    end
+    c = c:add_(e)
+  elseif self.class_emb then
+    c = c:add_(self.class_emb:forward(labels, n))
+  end
   local ca = K.film_silu_fwd(c)
   local h = self.stem:forward(x2)
   for i, b in ipairs(self.blocks) do

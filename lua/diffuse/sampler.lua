@@ -142,6 +142,8 @@ local function clone_state(self, f)
   if f then
     c.x = f(self.x)
     if self.x0 then c.x0 = f(self.x0) end
+    -- a per-row condition (class labels) follows its rows; a shared one stays shared
+    if is_tensor(self.cond) then c.cond = f(self.cond) end
   end
   c._points = self._points
   return c
