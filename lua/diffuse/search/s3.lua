@@ -57,7 +57,8 @@ end
 local function default_tag(o, fitness)
   local kind = type(fitness) == "table" and fitness.kind or "fn"
   local fseed = type(fitness) == "table" and fitness.seed or nil
-  local n = type(fitness) == "table" and fitness.n or nil
+  local n = type(fitness) == "table" and (fitness.n or (fitness.opts and type(fitness.opts.shape) == "table" and
+    fitness.opts.shape[1])) or nil
   return ("s3 nfe=%d fitness=%s%s%s seed=%d%s"):format(o.nfe, tostring(kind), n and (" n=" .. n) or "",
     fseed and (" fseed=" .. fseed) or "", o.seed, o.tag and (" " .. o.tag) or "")
 end
