@@ -97,6 +97,8 @@ install: all
 	cp -R lua/diffuse/. $(INST_LUADIR)/diffuse/
 	mkdir -p $(INST_LUADIR)/diffuse/models
 	for f in models/*.safetensors; do [ -e "$$f" ] && cp "$$f" $(INST_LUADIR)/diffuse/models/ || true; done
+	mkdir -p $(INST_LUADIR)/diffuse/plans
+	for f in plans/*.json; do [ -e "$$f" ] && cp "$$f" $(INST_LUADIR)/diffuse/plans/ || true; done
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.  The sanitizer
 # runtimes must be loaded before lua5.4 itself, hence LD_PRELOAD; subprocesses that specs
