@@ -29,13 +29,8 @@ local fix_start = arg[7] ~= "free"
 local K = 4
 os.execute("mkdir -p '" .. out .. "'")
 
-local function write_atomic(path, text)
-  local tmp = path .. ".tmp"
-  local f = assert(io.open(tmp, "w"))
-  f:write(text)
-  f:close()
-  assert(os.rename(tmp, path))
-end
+-- atomic: never a half-written file (diffuse.util.write_file)
+local function write_atomic(path, text) assert(require("diffuse.util").write_file(path, text)) end
 
 local f1 = fitness.fashion{ n = 1000, seed = 1 }
 local f2 = fitness.fashion{ n = 2000, seed = 2 }

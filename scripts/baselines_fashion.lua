@@ -19,13 +19,8 @@ local which = arg and arg[2] or "all"
 os.execute("mkdir -p '" .. out_dir .. "'")
 local nfes = { 4, 5, 6, 8, 10 }
 
-local function write_atomic(path, text)
-  local tmp = path .. ".tmp"
-  local f = assert(io.open(tmp, "w"))
-  f:write(text)
-  f:close()
-  assert(os.rename(tmp, path))
-end
+-- atomic: never a half-written file (diffuse.util.write_file)
+local function write_atomic(path, text) assert(require("diffuse.util").write_file(path, text)) end
 
 local results, md = {}, {}
 

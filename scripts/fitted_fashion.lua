@@ -35,11 +35,7 @@ local g = fitness.ode_error({ model = model, schedule = sched, shape = { 200, 78
 
 local function write(name, data)
   local path = ("%s/%s.json"):format(out_dir, name)
-  local tmp = path .. ".tmp"
-  local h = assert(io.open(tmp, "wb"))
-  h:write(json.encode(data))
-  h:close()
-  assert(os.rename(tmp, path))
+  assert(require("diffuse.util").write_file(path, json.encode(data)))
 end
 
 local rows = {}

@@ -166,14 +166,8 @@ for _, m in ipairs(methods) do
 end
 local function key(name, steps, scale) return ("%s|%d|%g"):format(name, steps, scale) end
 
--- Atomic writes: a temporary file renamed over the target.
-local function write(path, text)
-  local tmp = path .. ".tmp"
-  local f = assert(io.open(tmp, "w"))
-  f:write(text)
-  f:close()
-  assert(os.rename(tmp, path))
-end
+-- atomic: never a half-written file (diffuse.util.write_file)
+local function write(path, text) assert(require("diffuse.util").write_file(path, text)) end
 local function save()
   write(out_dir .. "/results.json", json.encode({ n = n, solver = SOLVER, seed = SEED, rows = results }) .. "\n")
 end

@@ -27,13 +27,8 @@ local function list_of(s, default)
   return out
 end
 
-local function write(path, text)
-  local tmp = path .. ".tmp"
-  local f = assert(io.open(tmp, "w"))
-  f:write(text)
-  f:close()
-  assert(os.rename(tmp, path))
-end
+-- atomic: never a half-written file (diffuse.util.write_file)
+local function write(path, text) assert(require("diffuse.util").write_file(path, text)) end
 
 -- Plans at `nfe` grown from a plan found at `from` < nfe: one point inserted per NFE, in the
 -- middle of a gap (and, at the last growth, also near each gap's start); at most 40.

@@ -1,4 +1,4 @@
-/* Process-level helpers for long runs.
+/* Process-level helpers for long runs, and whole-file writes that are never half-done.
  *
  * A clean stop on Ctrl-C (training, search): while armed, SIGINT only raises a
  * flag that the Lua loop polls between steps; disarming restores the previous handler, so a
@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "atomicfile.h"
 #include "ltensor.h"
 
 static volatile sig_atomic_t interrupted = 0;
@@ -70,10 +71,42 @@ static int s_isatty(lua_State *L) {
   return 1;
 }
 
+/* write_file(path, text) -> true | nil, message: the text goes to a temporary file in the
+ * same directory, synced and renamed over path only when all of it was written, so a crash
+ * or a full disk leaves the old file (or none), never a truncated one.  Plans, fitted
+ * coefficients and result tables are written through this. */
+static int s_write_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  size_t n;
+  const char *text = luaL_checklstring(L, 2, &n);
+  char err[512];
+  df_atomic_file f;
+  if (df_atomic_open(&f, path, err, sizeof err)) {
+    luaL_pushfail(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  if (n > 0 && fwrite(text, 1, n, f.fp) != n) {
+    snprintf(err, sizeof err, "%s: write failed", path);
+    df_atomic_abort(&f);
+    luaL_pushfail(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  if (df_atomic_commit(&f, err, sizeof err)) {
+    luaL_pushfail(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 void df_open_system(lua_State *L, int methods, int module) {
   static const luaL_Reg fns[] = {
     {"arm_sigint", s_arm}, {"disarm_sigint", s_disarm}, {"interrupted", s_interrupted},
-    {"raise_sigint", s_raise}, {"isatty", s_isatty}, {NULL, NULL}};
+    {"raise_sigint", s_raise}, {"isatty", s_isatty}, {"write_file", s_write_file},
+    {NULL, NULL}};
   (void)methods;
   lua_newtable(L);
   luaL_setfuncs(L, fns, 0);

@@ -401,15 +401,7 @@ function M.save(p, path, format)
     error(("bad argument #3 to 'save' (format must be \"lua\" or \"json\", got %s)"):format(tostring(format)), 2)
   end
   local text = format == "json" and M.tojson(p) or ("return " .. M.tostring(p))
-  local tmp = ("%s.tmp%d"):format(path, math.random(1, 1e9))
-  local f, err = io.open(tmp, "wb")
-  if not f then return nil, err end
-  local ok, werr = f:write(text)
-  f:close()
-  if not ok then os.remove(tmp); return nil, werr end
-  local rok, rerr = os.rename(tmp, path)
-  if not rok then os.remove(tmp); return nil, rerr end
-  return true
+  return require("diffuse.util").write_file(path, text)
 end
 
 -- plan.load(path) -> plan | nil, message   (validated)

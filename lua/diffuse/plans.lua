@@ -105,15 +105,7 @@ function M.save(path, p, info)
   lines[#lines + 1] = "  }"
   lines[#lines + 1] = "}"
   local text = table.concat(lines, "\n") .. "\n"
-  local tmp = ("%s.tmp%d"):format(path, math.random(1, 1e9))
-  local f, oerr = io.open(tmp, "wb")
-  if not f then return nil, oerr end
-  local wok, werr = f:write(text)
-  f:close()
-  if not wok then os.remove(tmp); return nil, werr end
-  local rok, rerr = os.rename(tmp, path)
-  if not rok then os.remove(tmp); return nil, rerr end
-  return true
+  return util.write_file(path, text)
 end
 
 return M

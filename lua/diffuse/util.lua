@@ -32,4 +32,10 @@ function M.check_options(fname, opts, valid, level)
   return opts
 end
 
+-- write_file(path, text) -> true | nil, message: atomic (temporary file in the same
+-- directory, synced, renamed over path), so a failure never leaves a half-written file.
+function M.write_file(path, text)
+  return require("diffuse.core")._system.write_file(path, text)
+end
+
 return M

@@ -151,15 +151,7 @@ end
 function M.save(c, path)
   M.check(c, 2)
   local json = require("diffuse.json")
-  local tmp = ("%s.tmp%d"):format(path, math.random(1, 1e9))
-  local f, err = io.open(tmp, "wb")
-  if not f then return nil, err end
-  local ok, werr = f:write(json.encode(c))
-  f:close()
-  if not ok then os.remove(tmp); return nil, werr end
-  local rok, rerr = os.rename(tmp, path)
-  if not rok then os.remove(tmp); return nil, rerr end
-  return true
+  return require("diffuse.util").write_file(path, json.encode(c))
 end
 
 function M.load(path)

@@ -1,0 +1,31 @@
+-- diffuse.util.write_file: whole-file writes that never leave a half-written file.
+local util = require("diffuse.util")
+
+describe("util.write_file", function()
+  it("writes, overwrites, and leaves no temporary file behind", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p '" .. dir .. "'"))
+    finally(function() os.execute("rm -rf '" .. dir .. "'") end)
+    local path = dir .. "/a.json"
+    assert.is_true(util.write_file(path, "first\n"))
+    assert.is_true(util.write_file(path, "second \0 binary\n"))
+    local f = assert(io.open(path, "rb"))
+    assert.equal("second \0 binary\n", f:read("a"))
+    f:close()
+    local p = io.popen("ls -A '" .. dir .. "'")
+    assert.equal("a.json\n", p:read("a"))
+    p:close()
+  end)
+
+  it("returns nil and a message when the directory is missing; nothing is created", function()
+    local ok, err = util.write_file("/nonexistent-dir-for-diffuse/x.json", "text")
+    assert.is_nil(ok)
+    assert.matches("nonexistent%-dir%-for%-diffuse", err)
+  end)
+
+  it("checks its arguments", function()
+    assert.has_error(function() util.write_file(nil, "x") end)
+    assert.has_error(function() util.write_file("x", {}) end)
+  end)
+end)
