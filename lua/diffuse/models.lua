@@ -638,18 +638,7 @@ local attach_fashion_analytic
 -- directories separated by ':'), next to the installed module (<lua dir>/diffuse/models/),
 -- or in a source tree's models/ directory.
 
-function M.model_dirs()
-  local dirs = {}
-  local env = os.getenv("DIFFUSE_MODELS")
-  if env then for d in env:gmatch("[^:]+") do dirs[#dirs + 1] = d end end
-  local init = package.searchpath("diffuse", package.path)
-  if init then
-    local base = init:match("^(.*)/[^/]*$") or "."
-    dirs[#dirs + 1] = base .. "/models"
-    dirs[#dirs + 1] = base .. "/../../models"
-  end
-  return dirs
-end
+function M.model_dirs() return require("diffuse.util").data_dirs("DIFFUSE_MODELS", "models") end
 
 -- "diffuse.schedule.vp_cosine{s=0.008}" -> the schedule it names.
 local function schedule_from_string(text)

@@ -16,18 +16,7 @@ local util = require("diffuse.util")
 local M = {}
 local F = "plans"
 
-function M.dirs()
-  local dirs = {}
-  local env = os.getenv("DIFFUSE_PLANS")
-  if env then for d in env:gmatch("[^:]+") do dirs[#dirs + 1] = d end end
-  local init = package.searchpath("diffuse", package.path)
-  if init then
-    local base = init:match("^(.*)/[^/]*$") or "."
-    dirs[#dirs + 1] = base .. "/plans"
-    dirs[#dirs + 1] = base .. "/../../plans"
-  end
-  return dirs
-end
+function M.dirs() return util.data_dirs("DIFFUSE_PLANS", "plans") end
 
 -- Reads a plan file: -> plan, info | nil, message.
 function M.read(path)

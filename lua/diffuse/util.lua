@@ -32,6 +32,30 @@ function M.check_options(fname, opts, valid, level)
   return opts
 end
 
+-- v when it is an integer >= lo, else an error naming the option.
+function M.check_int(fname, name, v, lo, level)
+  if math.type(v) ~= "integer" or v < lo then
+    M.fail(fname, ("'%s' must be an integer >= %d, got %s"):format(name, lo, tostring(v)), (level or 1) + 1)
+  end
+  return v
+end
+
+-- Where shipped data of one kind is looked for: the directories of the environment variable
+-- env_var (separated by ':'), then <sub> next to the installed module (make install copies
+-- it there), then a source tree's <sub>/.
+function M.data_dirs(env_var, sub)
+  local dirs = {}
+  local env = os.getenv(env_var)
+  if env then for d in env:gmatch("[^:]+") do dirs[#dirs + 1] = d end end
+  local init = package.searchpath("diffuse", package.path)
+  if init then
+    local base = init:match("^(.*)/[^/]*$") or "."
+    dirs[#dirs + 1] = base .. "/" .. sub
+    dirs[#dirs + 1] = base .. "/../../" .. sub
+  end
+  return dirs
+end
+
 -- write_file(path, text) -> true | nil, message: atomic (temporary file in the same
 -- directory, synced, renamed over path), so a failure never leaves a half-written file.
 function M.write_file(path, text)

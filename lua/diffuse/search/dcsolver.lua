@@ -22,12 +22,7 @@ local F = "search.dcsolver"
 
 local function fail(fname, msg, level) util.fail(fname, msg, (level or 1) + 1) end
 
-local function check_int(fname, name, v, lo, level)
-  if math.type(v) ~= "integer" or v < lo then
-    fail(fname, ("'%s' must be an integer >= %d, got %s"):format(name, lo, tostring(v)), level + 1)
-  end
-  return v
-end
+local check_int = util.check_int
 
 -- The fine reference: each interval of `times` split into `substeps` logSNR-uniform steps of a
 -- third-order multistep DPM-Solver++, started from x.  Returns {x at times[1], x at times[2], ...}.

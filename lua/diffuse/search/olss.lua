@@ -20,12 +20,7 @@ local F = "search.olss"
 
 local function fail(fname, msg, level) util.fail(fname, msg, (level or 1) + 1) end
 
-local function check_int(fname, name, v, lo, level)
-  if math.type(v) ~= "integer" or v < lo then
-    fail(fname, ("'%s' must be an integer >= %d, got %s"):format(name, lo, tostring(v)), level + 1)
-  end
-  return v
-end
+local check_int = util.check_int
 
 local function dot(a, b) return a:mul(b):sum() end
 
