@@ -6,7 +6,6 @@
 --   mpirun -n 4 lua5.4 examples/s3_search.lua 5 8         (candidates evaluated on 4 ranks)
 --
 -- With an archive path a rerun resumes: evaluations already in the file are not repeated.
--- Worker processes and MPI ranks need diffuse.search.parallel.
 local diffuse = require("diffuse")
 local search = diffuse.search
 
@@ -29,16 +28,11 @@ local f = search.fitness.ode_error{ model = gmm, schedule = schedule, shape = { 
 local pool
 local under_mpi = os.getenv("OMPI_COMM_WORLD_SIZE") ~= nil and tonumber(os.getenv("OMPI_COMM_WORLD_SIZE")) > 1
 if workers > 1 or under_mpi then
-  local ok, parallel = pcall(function() return search.parallel end)
-  if ok and parallel then
-    pool = under_mpi and parallel.pool{ mpi = true } or parallel.pool{ workers = workers }
-    if not pool:is_root() then
-      pool:serve(search.s3.evaluator(f))   -- evaluate what the root sends until it is done
-      pool:close()
-      return
-    end
-  else
-    io.stderr:write("diffuse.search.parallel is not available: evaluating in this process\n")
+  pool = under_mpi and search.parallel.pool{ mpi = true } or search.parallel.pool{ workers = workers }
+  if not pool:is_root() then
+    pool:serve(search.s3.evaluator(f))   -- evaluate what the root sends until it is done
+    pool:close()
+    return
   end
 end
 

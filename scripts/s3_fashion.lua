@@ -57,7 +57,7 @@ local function fashion_space()
   -- the last time is searched between the schedule's t_end and 0.02 (the baselines try
   -- t_end = 1e-3 and 1e-2 too)
   local sp = { max_order = 4, free_end = { 1e-3, 2e-2 } }
-  if require("diffuse.search.space").plans_have_analytic() then sp.analytic = true end
+  sp.analytic = true
   return sp
 end
 
@@ -263,40 +263,13 @@ if mode == "mixtures" then
   local nfes = list_of(arg[3], { 4, 5, 6, 8, 10 })
   local factor = tonumber(arg[4]) or 4
   os.execute("mkdir -p '" .. out_dir .. "'")
-  -- the shared problems of diffuse.search.baselines when present, else two of our own
-  local okb, baselines = pcall(require, "diffuse.search.baselines")
+  -- the shared problems of diffuse.search.baselines
+  local baselines = require("diffuse.search.baselines")
   local problems = {}
-  if okb then
-    for _, name in ipairs({ "gmm2d", "gmm64d" }) do
-      local pr = baselines.problems[name]()
-      problems[#problems + 1] = { name = name, model = pr.model, schedule = pr.schedule, shape = pr.shape }
-    end
-  else
-    -- the same two problems, for builds without search.baselines
-    local means, stds, weights = {}, {}, {}
-    for k = 1, 8 do
-      local a = 2 * math.pi * (k - 1) / 8
-      means[k] = { 2 * math.cos(a), 2 * math.sin(a) }
-      stds[k] = 0.1
-      weights[k] = 1 + (k % 3)
-    end
-    means[9], stds[9], weights[9] = { 0, 0 }, 0.4, 4
-    local m64 = diffuse.randn({ 16, 64 }, { seed = 64 })
-    local u = diffuse.rand({ 16, 64 }, { seed = 65 }):totable()
-    local vars, w64 = {}, {}
-    for k = 1, 16 do
-      vars[k] = {}
-      for d = 1, 64 do vars[k][d] = 10 ^ (-2 + 2 * u[k][d]) end
-      w64[k] = 1 + (k % 4)
-    end
-    problems = {
-      { name = "gmm2d", model = diffuse.models.gmm{ means = means, stds = stds, weights = weights },
-        schedule = diffuse.schedule.vp_linear(), shape = { 1000, 2 } },
-      { name = "gmm64d", model = diffuse.models.gmm{ means = m64, vars = vars, weights = w64 },
-        schedule = diffuse.schedule.vp_linear(), shape = { 500, 64 } },
-    }
+  for _, name in ipairs({ "gmm2d", "gmm64d" }) do
+    local pr = baselines.problems[name]()
+    problems[#problems + 1] = { name = name, model = pr.model, schedule = pr.schedule, shape = pr.shape }
   end
-  local analytic = require("diffuse.search.space").plans_have_analytic() and diffuse.models.gaussian ~= nil
   local md = { "| problem | NFE | S3 searched | best preset (held-out) | change | plans evaluated | search time |",
     "| --- | --- | --- | --- | --- | --- | --- |" }
   local t0 = diffuse.wtime()
@@ -306,14 +279,14 @@ if mode == "mixtures" then
     local shape = { prob.shape[1] * factor, prob.shape[2] }
     local f = search.fitness.ode_error{ model = prob.model, schedule = prob.schedule, shape = shape, seed = 1 }
     local held = search.fitness.ode_error{ model = prob.model, schedule = prob.schedule, shape = prob.shape, seed = 2 }
-    local run = analytic and { analytic = diffuse.models.gaussian(prob.model) } or nil
+    local run = { analytic = diffuse.models.gaussian(prob.model) }
     -- the hand-designed solvers: every preset of the space on three grids, and with
     -- search.baselines each solver at its best grid chosen on the search noise
     local bres = okb and baselines{ fitness = f, nfe = nfes } or nil
     local prev_best, prev_nfe
     for _, nfe in ipairs(nfes) do
       -- seeded like the Fashion searches: the named solvers and the smaller NFE's result grown
-      local sopts = { schedule = prob.schedule, nfe = nfe, max_order = 4, analytic = analytic or nil }
+      local sopts = { schedule = prob.schedule, nfe = nfe, max_order = 4, analytic = true }
       local sp = search.space.new(sopts)
       local init = sp:presets()
       if prev_best then
@@ -321,7 +294,7 @@ if mode == "mixtures" then
       end
       local best, _, info = search.s3{ fitness = f, nfe = nfe, schedule = prob.schedule, seed = 1, generations = 50,
         archive = ("%s/mixture-%s-nfe%d.jsonl"):format(out_dir, prob.name:gsub("[^%w]", ""), nfe),
-        space = { max_order = 4, analytic = analytic or nil }, run = run, init = init,
+        space = { max_order = 4, analytic = true }, run = run, init = init,
         final = { fitness = f:with_seed(3), top = 5 } }
       prev_best, prev_nfe = best, nfe
       -- the presets: chosen on the search noise (seed 1), reported on the held-out noise

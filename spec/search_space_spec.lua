@@ -204,10 +204,6 @@ describe("search.space", function()
   end)
 
   it("with an analytic first step: NFE = #times - 2 and every mutation keeps it", function()
-    if not space.plans_have_analytic() then
-      assert.has_error(function() space.new({ schedule = sched, nfe = 5, analytic = true }) end)
-      return
-    end
     local sp = space.new({ schedule = sched, nfe = 5, analytic = true })
     local rng = space.rng(9)
     local p = sp:random(rng)

@@ -116,9 +116,6 @@ function M.new(o)
   self.eta = o.eta or false
   if self.eta and type(self.eta) ~= "table" then util.fail(F .. ".new", "eta must be false or a list of values >= 0", 2) end
   self.analytic = o.analytic or false
-  if self.analytic and not M.plans_have_analytic() then
-    util.fail(F .. ".new", "analytic = true needs plans with the 'analytic' field (the analytic first step)", 2)
-  end
   self.min_gap = o.min_gap or 0.02
   self.linear_range = o.linear_range or 1
   self.max_lookback = o.max_lookback or 4
@@ -145,7 +142,7 @@ end
 
 -- NFE of a plan: every point but the last is evaluated, except the first with an analytic
 -- first step.
-function M.nfe(p) return #p.times - 1 - (p.analytic and 1 or 0) end
+M.nfe = plan_mod.nfe
 
 local function copy(v)
   if type(v) ~= "table" then return v end
@@ -154,13 +151,6 @@ local function copy(v)
   return out
 end
 M.copy = copy
-
--- Whether this build's plan format knows the `analytic` field (added by the analytic first
--- step); the space offers the decision only then.
-function M.plans_have_analytic()
-  local ok = plan_mod.validate({ analytic = true, times = { 1, 0.5, 0.1 }, steps = { {}, {} } })
-  return ok == true
-end
 
 function Space:check(p)
   local ok, err = plan_mod.validate(p)
