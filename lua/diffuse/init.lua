@@ -35,8 +35,9 @@ M.exact_ode = require("diffuse.solvers.adaptive").exact_ode -- and rk45
 require("diffuse.search.olss")         -- olss (runs fitted coefficients; the fitting is in diffuse.search)
 
 -- Layers above the sampler load on first use: diffuse.search (solver-schedule search),
--- diffuse.plans (searched plans shipped as data), diffuse.guidance.
-local lazy = { search = "diffuse.search", plans = "diffuse.plans", guidance = "diffuse.guidance" }
+-- diffuse.plans (searched plans shipped as data), diffuse.guidance, diffuse.steer.
+local lazy = { search = "diffuse.search", plans = "diffuse.plans", guidance = "diffuse.guidance",
+  steer = "diffuse.steer" }
 setmetatable(M, { __index = function(t, k)
   local name = lazy[k]
   if not name then return nil end

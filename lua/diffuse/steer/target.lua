@@ -1,0 +1,161 @@
+-- Exact targets to check steering against, and distances between sample sets.
+--
+-- A Gaussian mixture sum_k w_k N(mu_k, diag v_k) tilted by exp(lambda r(x)) is again a
+-- Gaussian mixture when r is Gaussian-shaped, r = -1/2 sum_j a_j (x_j - m_j)^2, or linear,
+-- r = w . x + b.  Per component and dimension (everything is diagonal):
+--   gaussian: v' = v / (1 + lambda a v),  mu' = v' (mu / v + lambda a m),
+--             log w' = log w + sum_j [ -1/2 log(1 + lambda a_j v_j)
+--                                      - 1/2 lambda a_j (mu_j - m_j)^2 / (1 + lambda a_j v_j) ]
+--   linear:   v' = v,  mu' = mu + lambda v w,  log w' = log w + lambda w . mu + lambda^2/2 sum_j v_j w_j^2
+-- (then the weights are normalised).  target.tilt returns that mixture as a diffuse gmm, so
+-- its exact samples (gmm:sample) are the truth the specs measure methods against.
+--
+-- Targets without a closed form (the classifier-free-guidance and annealed targets of the
+-- Feynman-Kac correctors) are sampled exactly by rejection: target.rejection.
+local core = require("diffuse.core")
+local util = require("diffuse.util")
+local models = require("diffuse.models")
+local weights = require("diffuse.steer.weights")
+
+local M = {}
+local fail, is_tensor = util.fail, util.is_tensor
+local log = math.log
+
+-- tilt(gmm, reward, lambda) -> the tilted mixture (a diffuse gmm; labels kept).
+function M.tilt(g, reward, lambda)
+  local F = "steer.target.tilt"
+  if getmetatable(g) ~= models.GMM then fail(F, "argument 1 must be a diffuse gmm", 2) end
+  if type(reward) ~= "table" or (reward.kind ~= "gaussian" and reward.kind ~= "linear") then
+    fail(F, "the reward must be rewards.gaussian{...} or rewards.linear{...} (the closed forms)", 2)
+  end
+  if type(lambda) ~= "number" or not (lambda >= 0 and lambda < math.huge) then
+    fail(F, ("lambda must be a finite number >= 0, got %s"):format(tostring(lambda)), 2)
+  end
+  if reward.D ~= g.D then fail(F, ("the reward has dimension %d, the mixture %d"):format(reward.D, g.D), 2) end
+  local means, vars = g.means:totable(), g.vars:totable()
+  local new_means, new_vars, logw = {}, {}, {}
+  for k = 1, g.K do
+    local mu, v = means[k], vars[k]
+    local m2, v2 = {}, {}
+    local lw = g.weights[k] > 0 and log(g.weights[k]) or -math.huge
+    for j = 1, g.D do
+      if reward.kind == "gaussian" then
+        local la = lambda * reward.precision[j]
+        local d = 1 + la * v[j]
+        v2[j] = v[j] / d
+        m2[j] = v2[j] * (mu[j] / v[j] + la * reward.mean[j])
+        lw = lw - 0.5 * log(d) - 0.5 * la * (mu[j] - reward.mean[j]) ^ 2 / d
+      else
+        local w = reward.w[j]
+        v2[j] = v[j]
+        m2[j] = mu[j] + lambda * v[j] * w
+        lw = lw + lambda * w * mu[j] + 0.5 * lambda * lambda * v[j] * w * w
+      end
+    end
+    new_means[k], new_vars[k], logw[k] = m2, v2, lw
+  end
+  local p = weights.normalize(logw)
+  return models.gmm{ means = new_means, vars = new_vars, weights = p, labels = g.labels }
+end
+
+-- rejection{propose = function(n, seed) -> x (n rows), log_accept = function(x) -> list of
+-- log acceptance probabilities (<= 0), n, seed = 0, max_rounds = 1000} -> n exact samples of
+-- the target proposal * exp(log_accept) (normalised), and the acceptance rate.
+function M.rejection(o)
+  local F = "steer.target.rejection"
+  util.check_options(F, o, { propose = true, log_accept = true, n = true, seed = true, max_rounds = true }, 2)
+  if type(o.propose) ~= "function" or type(o.log_accept) ~= "function" then
+    fail(F, "'propose' and 'log_accept' must be functions", 2)
+  end
+  local n = util.check_int(F, "n", o.n, 1, 2)
+  local seed = util.check_int(F, "seed", o.seed or 0, 0, 2)
+  local rounds = util.check_int(F, "max_rounds", o.max_rounds or 1000, 1, 2)
+  local stream = weights.stream(seed, 1)
+  local kept, tried = {}, 0
+  local out
+  for r = 1, rounds do
+    local batch = math.max(n, 64)
+    local x = o.propose(batch, seed * 7919 + r)
+    local la = o.log_accept(x)
+    local u = stream:uniforms(batch)
+    tried = tried + batch
+    for i = 1, batch do
+      if la[i] > 0.0 then fail(F, ("log_accept returned %g > 0: the bound is wrong"):format(la[i]), 2) end
+      if log(u[i]) < la[i] then kept[#kept + 1] = x:narrow(1, i, 1) end
+      if #kept == n then break end
+    end
+    if #kept == n then
+      local shape = x:shape()
+      shape[1] = n
+      out = core.zeros(shape)
+      for i = 1, n do out:narrow(1, i, 1):copy_(kept[i]) end
+      return out, n / tried
+    end
+  end
+  fail(F, ("only %d of %d samples accepted after %d rounds (acceptance %.2g): raise max_rounds"):format(
+    #kept, n, rounds, #kept / tried), 2)
+end
+
+local function as_matrix(F, name, x)
+  if not is_tensor(x) then fail(F, ("%s must be a tensor, got %s"):format(name, type(x)), 3) end
+  local n = #x
+  return x:reshape(n, x:numel() // math.max(n, 1)):contiguous()
+end
+
+-- Quantile q in [0, 1] of a sorted list (linear interpolation between order statistics).
+local function quantile(s, q)
+  local pos = q * (#s - 1) + 1
+  local lo = math.floor(pos)
+  local hi = math.min(lo + 1, #s)
+  local f = pos - lo
+  return s[lo] * (1 - f) + s[hi] * f
+end
+
+-- Sliced 2-Wasserstein distance between two sample sets (rows): the root mean, over
+-- `projections` random unit directions (seeded), of the squared W2 distance between the
+-- projected 1-d distributions (compared at `levels` quantiles when the sizes differ).
+function M.sliced_wasserstein(a, b, opts)
+  local F = "steer.target.sliced_wasserstein"
+  opts = util.check_options(F, opts, { projections = true, seed = true }, 2)
+  local A, B = as_matrix(F, "a", a), as_matrix(F, "b", b)
+  if A:size(2) ~= B:size(2) then
+    fail(F, ("the sets have %d and %d values per row"):format(A:size(2), B:size(2)), 2)
+  end
+  if #A < 2 or #B < 2 then fail(F, "each set needs at least 2 rows", 2) end
+  local P = util.check_int(F, "projections", opts.projections or 64, 1, 2)
+  local seed = util.check_int(F, "seed", opts.seed or 0, 0, 2)
+  local D = A:size(2)
+  local dirs = core.randn({ D, P }, { seed = seed, draw = 3 })
+  dirs = dirs:div(dirs:square():sum(1):sqrt())
+  local pa, pb = A:matmul(dirs):t():contiguous():totable(), B:matmul(dirs):t():contiguous():totable()
+  local n = math.max(#A, #B)
+  local total = 0
+  for p = 1, P do
+    local sa, sb = pa[p], pb[p]
+    table.sort(sa)
+    table.sort(sb)
+    local acc = 0
+    if #sa == #sb then
+      for i = 1, #sa do acc = acc + (sa[i] - sb[i]) ^ 2 end
+      acc = acc / #sa
+    else
+      for i = 1, n do
+        local q = (i - 0.5) / n
+        acc = acc + (quantile(sa, q) - quantile(sb, q)) ^ 2
+      end
+      acc = acc / n
+    end
+    total = total + acc
+  end
+  return math.sqrt(total / P)
+end
+
+-- Maximum mean discrepancy (unbiased MMD^2, Gaussian kernel) between two sample sets, with a
+-- fixed bandwidth so values at different NFE compare: diffuse.metrics.mmd.
+function M.mmd(a, b, bandwidth)
+  local F = "steer.target.mmd"
+  local A, B = as_matrix(F, "a", a), as_matrix(F, "b", b)
+  return (require("diffuse.metrics").mmd(A, B, { bandwidth = bandwidth or "median" }))
+end
+
+return M
