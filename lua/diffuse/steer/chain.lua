@@ -96,6 +96,30 @@ function M.new(o, level)
   return self
 end
 
+M.options = options
+
+-- The chain of a method's options: o.chain (a chain, forked so the run has its own counters;
+-- o.seed, when given, replaces its seed) or the chain options given inline (model, steps, ...).
+-- own: the method's own option names; any other key is an error naming the valid ones.
+function M.from_options(F, o, own, level)
+  level = (level or 1) + 1
+  if type(o) ~= "table" then fail(F, "options table expected", level) end
+  local valid = { chain = true }
+  for k in pairs(own) do valid[k] = true end
+  if o.chain == nil then for k in pairs(options) do valid[k] = true end end
+  util.check_options(F, o, valid, level)
+  if o.chain ~= nil then
+    if getmetatable(o.chain) ~= Chain then fail(F, "'chain' must be a steer.chain", level) end
+    local seed = o.seed ~= nil and util.check_int(F, "seed", o.seed, 0, level) or nil
+    return o.chain:fork(seed)
+  end
+  local co = {}
+  for k in pairs(options) do co[k] = o[k] end
+  local ok, c = pcall(M.new, co, 1)
+  if not ok then error((tostring(c):gsub("^steer%.chain", F)), level) end
+  return c
+end
+
 -- A new chain with the same model and grid but its own counters and noise stream (seed).
 function Chain:fork(seed)
   local c = setmetatable({}, Chain)

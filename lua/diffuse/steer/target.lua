@@ -96,6 +96,29 @@ function M.rejection(o)
     #kept, n, rounds, #kept / tried), 2)
 end
 
+-- The standard checking problem of the specs and the mixture measurements: a 2-D mixture of
+-- four well-separated Gaussians, a Gaussian reward that favours one side, lambda = 1, and its
+-- exact tilted target.  Options override any part (means, stds, weights, reward, lambda).
+-- Returns {gmm, reward, lambda, tilted, schedule, chain = function(opts) -> steer.chain}.
+function M.mixture_problem(o)
+  local F = "steer.target.mixture_problem"
+  o = util.check_options(F, o, { means = true, stds = true, weights = true, reward = true, lambda = true,
+    labels = true }, 2)
+  local g = models.gmm{ means = o.means or { { -3, 0 }, { 3, 0 }, { 0, 3 }, { 0, -3 } },
+    stds = o.stds or 0.7, weights = o.weights or { 0.4, 0.3, 0.2, 0.1 }, labels = o.labels or { 0, 1, 2, 3 } }
+  local reward = o.reward or require("diffuse.steer.rewards").gaussian{ mean = { 2, 2 }, precision = 0.25 }
+  local lambda = o.lambda or 1
+  local sched = require("diffuse.schedule").vp_linear()
+  local p = { gmm = g, reward = reward, lambda = lambda, tilted = M.tilt(g, reward, lambda), schedule = sched }
+  function p.chain(co)
+    co = co or {}
+    local c = { model = g, schedule = sched, shape = { g.D }, steps = 50 }
+    for k, v in pairs(co) do c[k] = v end
+    return require("diffuse.steer.chain").new(c, 1)
+  end
+  return p
+end
+
 local function as_matrix(F, name, x)
   if not is_tensor(x) then fail(F, ("%s must be a tensor, got %s"):format(name, type(x)), 3) end
   local n = #x
