@@ -37,11 +37,18 @@ static void on_warning(png_structp png, png_const_charp msg) {
 
 /* ---- writing ---- */
 
+/* Where the encoded bytes go: a file (s.fp) or, when mem is set, a growing memory buffer. */
+typedef struct membuf {
+  unsigned char *data;
+  size_t len, cap;
+} membuf;
+
 typedef struct writer {
   png_state s;
   const df_tensor *img;
   double lo, scale;    /* byte = (v - lo) * scale, rounded and clamped */
   unsigned char *row; /* one interleaved output row, allocated by the caller */
+  membuf *mem;         /* NULL: write to s.fp */
 } writer;
 
 static void write_data(png_structp png, png_bytep data, size_t n) {
@@ -53,6 +60,28 @@ static void flush_data(png_structp png) {
   png_state *s = png_get_io_ptr(png);
   if (fflush(s->fp) != 0) png_error(png, strerror(errno ? errno : EIO));
 }
+
+/* The io pointer of a memory writer is the writer itself (its png_state comes first, but the
+ * callbacks only need the buffer). */
+static void write_mem(png_structp png, png_bytep data, size_t n) {
+  writer *w = png_get_io_ptr(png);
+  membuf *m = w->mem;
+  if (n > m->cap - m->len) {
+    size_t cap = m->cap ? m->cap : 1024;
+    while (n > cap - m->len) {
+      if (cap > ((size_t)-1) / 2) png_error(png, "encoded image too large");
+      cap *= 2;
+    }
+    unsigned char *d = realloc(m->data, cap);
+    if (!d) png_error(png, "out of memory");
+    m->data = d;
+    m->cap = cap;
+  }
+  memcpy(m->data + m->len, data, n);
+  m->len += n;
+}
+
+static void flush_none(png_structp png) { (void)png; }
 
 static unsigned char to_byte(float v, double lo, double scale) {
   double x = ((double)v - lo) * scale;
@@ -75,7 +104,8 @@ static int write_body(writer *w) {
   png_structp png = w->s.png;
   if (setjmp(png_jmpbuf(png))) return -1;
   static const int color[5] = {0, PNG_COLOR_TYPE_GRAY, 0, PNG_COLOR_TYPE_RGB, PNG_COLOR_TYPE_RGB_ALPHA};
-  png_set_write_fn(png, &w->s, write_data, flush_data);
+  if (w->mem) png_set_write_fn(png, w, write_mem, flush_none);
+  else png_set_write_fn(png, &w->s, write_data, flush_data);
   png_set_IHDR(png, w->s.info, (png_uint_32)w->img->shape[2], (png_uint_32)w->img->shape[1], 8,
                color[w->img->shape[0]], PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
                PNG_FILTER_TYPE_DEFAULT);
@@ -88,8 +118,9 @@ static int write_body(writer *w) {
   return 0;
 }
 
-int df_png_write(const char *path, const df_tensor *img, double lo, double hi, char *err,
-                 size_t errn) {
+/* The checks both writers share; path names the destination in messages. */
+static int check_image(const char *path, const df_tensor *img, double lo, double hi, char *err,
+                       size_t errn) {
   if (img->ndim != 3 || !(img->shape[0] == 1 || img->shape[0] == 3 || img->shape[0] == 4)) {
     snprintf(err, errn, "%s: image must be (C, H, W) with C = 1, 3 or 4", path);
     return -1;
@@ -103,6 +134,47 @@ int df_png_write(const char *path, const df_tensor *img, double lo, double hi, c
     snprintf(err, errn, "%s: value range must be finite with lo < hi", path);
     return -1;
   }
+  return 0;
+}
+
+int df_png_encode(const df_tensor *img, double lo, double hi, unsigned char **out, size_t *len,
+                  char *err, size_t errn) {
+  *out = NULL;
+  *len = 0;
+  if (check_image("png encode", img, lo, hi, err, errn) != 0) return -1;
+  membuf m = {NULL, 0, 0};
+  writer w;
+  memset(&w, 0, sizeof w);
+  w.img = img;
+  w.lo = lo;
+  w.scale = 255.0 / (hi - lo);
+  w.mem = &m;
+  w.row = malloc((size_t)img->shape[0] * (size_t)img->shape[2]);
+  if (!w.row) {
+    snprintf(err, errn, "png encode: out of memory");
+    return -1;
+  }
+  w.s.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &w.s, on_error, on_warning);
+  if (w.s.png) w.s.info = png_create_info_struct(w.s.png);
+  int rc = -1;
+  if (!w.s.png || !w.s.info) snprintf(w.s.msg, sizeof w.s.msg, "out of memory");
+  else rc = write_body(&w);
+  png_destroy_write_struct(w.s.png ? &w.s.png : NULL, w.s.info ? &w.s.info : NULL);
+  free(w.row);
+  if (rc != 0) {
+    free(m.data);
+    if (w.s.warn[0]) snprintf(err, errn, "png encode: %s (%s)", w.s.msg, w.s.warn);
+    else snprintf(err, errn, "png encode: %s", w.s.msg);
+    return -1;
+  }
+  *out = m.data;
+  *len = m.len;
+  return 0;
+}
+
+int df_png_write(const char *path, const df_tensor *img, double lo, double hi, char *err,
+                 size_t errn) {
+  if (check_image(path, img, lo, hi, err, errn) != 0) return -1;
   writer w;
   memset(&w, 0, sizeof w);
   w.img = img;

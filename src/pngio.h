@@ -27,6 +27,11 @@ typedef struct df_png_info {
 int df_png_write(const char *path, const df_tensor *img, double lo, double hi, char *err,
                  size_t errn);
 
+/* Encode img exactly as df_png_write would write it, into memory: on success *out is a
+ * malloc'd buffer of *len bytes (the caller frees it); on failure *out is NULL. */
+int df_png_encode(const df_tensor *img, double lo, double hi, unsigned char **out, size_t *len,
+                  char *err, size_t errn);
+
 /* With dst == NULL: read only the header of path and fill info (palette images become RGB
  * or RGBA, gray + alpha becomes RGBA, a tRNS chunk becomes an alpha channel, bit depths below
  * 8 are expanded).  With dst != NULL: info must hold what a previous header read returned;

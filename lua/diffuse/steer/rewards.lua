@@ -241,4 +241,33 @@ function M.noisy_class_logprob(o)
     end, { classes = list, net = net })
 end
 
+-- Compressibility, a reward no gradient reaches: minus the size in kilobytes (1000 bytes) of
+-- each image encoded as an 8-bit grey PNG, exactly the file diffuse.image.write writes
+-- (values in [-1, 1], clamped).  x: (N, 1, H, W), or (N, H*W) with a square H.  The encoding
+-- runs in C, in memory (core._image.png_sizes).  png_size{} (no options).
+function M.png_size(o)
+  local F = "rewards.png_size"
+  util.check_options(F, o, {}, 2)
+  local sizes = core._image.png_sizes
+  return new_reward("png_size", "minus the PNG size in kB (compressibility)", function(x)
+    if not is_tensor(x) then fail(F, ("x must be a tensor, got %s"):format(type(x)), 2) end
+    local n = #x
+    local imgs
+    if x:dim() == 4 and x:size(2) == 1 then
+      imgs = x
+    elseif x:dim() == 2 then
+      local side = math.floor(math.sqrt(x:size(2)) + 0.5)
+      if side * side ~= x:size(2) then
+        fail(F, ("x is %s: rows of %d values are not square images"):format(shape_str(x), x:size(2)), 2)
+      end
+      imgs = x:reshape(n, 1, side, side)
+    else
+      fail(F, ("x is %s, expected (N, 1, H, W) or (N, H*W) grey images"):format(shape_str(x)), 2)
+    end
+    local out = sizes(imgs)
+    for i = 1, n do out[i] = -out[i] / 1000 end
+    return out
+  end)
+end
+
 return M
