@@ -104,7 +104,7 @@ M.options = options
 function M.from_options(F, o, own, level)
   level = (level or 1) + 1
   if type(o) ~= "table" then fail(F, "options table expected", level) end
-  local valid = { chain = true }
+  local valid = { chain = true, seed = true }
   for k in pairs(own) do valid[k] = true end
   if o.chain == nil then for k in pairs(options) do valid[k] = true end end
   util.check_options(F, o, valid, level)
