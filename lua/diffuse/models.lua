@@ -220,8 +220,12 @@ function GMM:_cond(fname, cond, n, level)
   else
     fail(fname, ("cond must be nil, a label, or a list of labels, got %s"):format(type(cond)), level + 1)
   end
-  if #list ~= n then
-    fail(fname, ("cond lists %d labels but x has %d rows"):format(#list, n), level + 1)
+  -- A row whose label is nil is unconditional (the whole mixture); such a list says its
+  -- length in list.n (as table.pack does), so one call can mix conditional and
+  -- unconditional rows (classifier-free guidance batches).
+  local count = type(cond) == "table" and not is_tensor(cond) and cond.n or #list
+  if count ~= n then
+    fail(fname, ("cond lists %d labels but x has %d rows"):format(count, n), level + 1)
   end
   local groups = {}
   for i = 1, n do groups[i] = self:_group(fname, list[i], level + 1) end
