@@ -193,7 +193,7 @@ describe("steer.target", function()
         return out
       end }
     H.close(0.5, x:var(), 0.02)
-    H.close(math.sqrt(0.5), rate, 0.02)
+    H.close(math.sqrt(0.5), rate, 0.01)
     assert.is_truthy(H.error_of(steer.target.rejection, { n = 2, propose = function(n) return core.zeros(n, 1) end,
       log_accept = function(y) return { 1, 1 } end }):find("log_accept returned 1 > 0"))
   end)

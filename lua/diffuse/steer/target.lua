@@ -78,9 +78,9 @@ function M.rejection(o)
     local x = o.propose(batch, seed * 7919 + r)
     local la = o.log_accept(x)
     local u = stream:uniforms(batch)
-    tried = tried + batch
     for i = 1, batch do
       if la[i] > 0.0 then fail(F, ("log_accept returned %g > 0: the bound is wrong"):format(la[i]), 2) end
+      tried = tried + 1
       if log(u[i]) < la[i] then kept[#kept + 1] = x:narrow(1, i, 1) end
       if #kept == n then break end
     end
