@@ -208,10 +208,11 @@ local own_options = {
 }
 local selects = { boltzmann = true, uniform = true, uct = true, greedy = true }
 
--- Lua bookkeeping per node, measured (spec/steer_dts_spec.lua: "bytes per node"): the per-node
--- arrays (parent, level, row, visits, value, slot, first child, pending) and, at branching
--- nodes, the children list and sum tree.  Used for the byte cap and stats().
-local BYTES_PER_NODE = 160
+-- Lua bookkeeping, an estimate calibrated against the Lua heap (spec/steer_dts_spec.lua, "bytes
+-- per node"): every node has a slot in 7 arrays (parent, level, row, visits, value, slot, first
+-- child: 16 bytes each, plus the arrays' power-of-two slack); a leaf its reward and an entry in
+-- the leaf list; a branching node a children list and a sum tree (two tables, 16 bytes an entry).
+local NODE_BYTES, LEAF_BYTES, TABLE_BYTES, ENTRY_BYTES = 150, 48, 150, 16
 
 local function number_opt(F, o, name, default, lo, strict, level)
   local v = o[name]
@@ -281,7 +282,7 @@ local function new_tree(F, o, defaults, level)
   if not require("diffuse.steer.rewards").callable(reward) then
     fail(F, ("'reward' must be callable, got %s"):format(type(reward)), level)
   end
-  local lambda = number_opt(F, o, "lambda", 1, 0, true, level)
+  local lambda = number_opt(F, o, "lambda", defaults.lambda, 0, true, level)
   local C = number_opt(F, o, "C", 1, 0, true, level)
   local alpha = number_opt(F, o, "alpha", 0.5, 0, false, level)
   if alpha > 1 then fail(F, ("'alpha' must be in [0, 1], got %s"):format(tostring(alpha)), level) end
@@ -312,7 +313,7 @@ local function new_tree(F, o, defaults, level)
     -- per-node arrays; node 1 is the virtual root (level 0, no x)
     par = { 0 }, lvl = { 0 }, row = { 0 }, vis = { 0 }, lv = { -inf }, slot = { 0 }, kid1 = { 0 },
     kids = {}, seg = {}, rw = {}, pend = {},
-    count = 1, leaves = {}, best_id = nil, rounds = 0, rollouts = 0, leaf_hits = 0,
+    count = 1, leaves = {}, best_id = nil, branch_bytes = 0, rounds = 0, rollouts = 0, leaf_hits = 0,
     grow_u = ustream(chain.seed, KEY_GROW), sample_u = ustream(chain.seed, KEY_SAMPLE),
   }, Tree)
   return self
@@ -357,9 +358,14 @@ local function attach(self, p, c)
     local seg = st_new(2)
     st_push(seg, self.lv[kids[1]])
     self.seg[p] = seg
+    self.branch_bytes = self.branch_bytes + 2 * TABLE_BYTES + 4 * ENTRY_BYTES
   end
   kids[#kids + 1] = c
-  self.slot[c] = st_push(self.seg[p], self.lv[c])
+  local seg = self.seg[p]
+  local cap = seg.cap
+  self.slot[c] = st_push(seg, self.lv[c])
+  -- a children list entry, and the sum tree's array when it doubled
+  self.branch_bytes = self.branch_bytes + ENTRY_BYTES + 2 * (seg.cap - cap) * ENTRY_BYTES
 end
 
 -- Soft Bellman backup from p (whose child values changed) to the root.
@@ -438,7 +444,11 @@ local function new_node(self, parent, lev, row)
 end
 
 function Tree:bytes()
-  return self.store:bytes() + self.count * BYTES_PER_NODE
+  return self.store:bytes() + self:book_bytes()
+end
+
+function Tree:book_bytes()
+  return self.count * NODE_BYTES + #self.leaves * LEAF_BYTES + self.branch_bytes
 end
 
 local function mb(b) return b / 2 ^ 20 end
@@ -454,11 +464,12 @@ local function check_caps(self, new_nodes, level)
   local st = self.store
   local rows = st.used + new_nodes
   local xb = ((rows + st.chunk - 1) // st.chunk) * st.chunk * st.width * 4
-  local bytes = xb + (self.count + new_nodes) * BYTES_PER_NODE
+  local book = self:book_bytes() + new_nodes * NODE_BYTES
+  local bytes = xb + book
   if bytes > self.max_bytes then
-    fail(self.F, ("the tree would take %.1f MB (%d nodes of %d bytes of x + %d of bookkeeping), over max_bytes = %d "
+    fail(self.F, ("the tree would take %.1f MB (%d nodes: %.1f MB of x, %.1f MB of bookkeeping), over max_bytes = %d "
       .. "(%.1f MB); raise max_bytes (e.g. max_bytes = %d), lower nfe, or branch less often (branch_every / "
-      .. "branch_steps)"):format(mb(bytes), nodes, st.width * 4, BYTES_PER_NODE, floor(self.max_bytes),
+      .. "branch_steps)"):format(mb(bytes), nodes, mb(xb), mb(book), floor(self.max_bytes),
       mb(self.max_bytes), floor(2 * bytes)), level + 1)
   end
 end
@@ -603,7 +614,7 @@ function Tree:grow(o)
   local F = self.F .. ":grow"
   util.check_options(F, o, { nfe = true, progress = true }, 2)
   if type(o) ~= "table" then fail(F, "options table expected ({nfe = N})", 2) end
-  local budget = util.check_int(F, "nfe", o.nfe, 0, 2)
+  local budget = util.check_int(F, "nfe", type(o.nfe) == "number" and math.tointeger(o.nfe) or o.nfe, 0, 2)
   local start = self.chain.nfe
   local bar = o.progress and budget > 0 and require("diffuse.progress").new{ total = budget, label = self.method,
     unit = "nfe" } or nil
@@ -716,9 +727,9 @@ function Tree:stats()
   local xb = self.store:bytes()
   return {
     nodes = self.count - 1, leaves = #self.leaves, root_children = nkids(self, 1), max_children = maxk,
-    branching_nodes = branching, depth_counts = depth, levels = self.levels, bytes = xb + self.count * BYTES_PER_NODE,
-    x_bytes = xb, x_bytes_used = self.store.used * self.store.width * 4, bookkeeping_bytes = self.count * BYTES_PER_NODE,
-    bytes_per_node = (xb + self.count * BYTES_PER_NODE) / math.max(self.count - 1, 1),
+    branching_nodes = branching, depth_counts = depth, levels = self.levels, bytes = xb + self:book_bytes(),
+    x_bytes = xb, x_bytes_used = self.store.used * self.store.width * 4, bookkeeping_bytes = self:book_bytes(),
+    bytes_per_node = (xb + self:book_bytes()) / math.max(self.count - 1, 1),
     rounds = self.rounds, rollouts = self.rollouts, leaf_hits = self.leaf_hits, root_visits = self.vis[1],
     value = self.count > 1 and self:value() or nil,
     nfe = self.chain.nfe, calls = self.chain.calls, reward_evals = self.chain.reward_evals,
@@ -749,7 +760,7 @@ end
 local function run(F, o, defaults)
   if type(o) ~= "table" then fail(F, "options table expected", 3) end
   local tree = new_tree(F, o, defaults, 3)
-  local nfe = util.check_int(F, "nfe", o.nfe, 1, 3)
+  local nfe = util.check_int(F, "nfe", type(o.nfe) == "number" and math.tointeger(o.nfe) or o.nfe, 1, 3)
   local k = util.check_int(F, "samples", o.samples or defaults.samples, 1, 3)
   tree:grow{ nfe = nfe, progress = o.progress }
   if tree.kid1[1] == 0 then
@@ -762,13 +773,15 @@ end
 --      branch_every = 1 | branch_steps = {...}, C = 1, alpha = 0.5, select = "boltzmann",
 --      max_nodes = 2^24, max_bytes = 2^30, seed, progress }
 function M.dts(o)
-  return run("steer.dts", o, { method = "dts", select = "boltzmann", exploration = 1, samples = 16 })
+  return run("steer.dts", o, { method = "dts", select = "boltzmann", exploration = 1, lambda = 1, samples = 16 })
 end
 
--- dts_star{ ... same options, select = "uct", exploration = 1, samples = 1 }: search for the
--- best sample; x holds the `samples` leaves of highest reward.
+-- dts_star{ ... same options, lambda = 10, select = "uct", exploration = 0.1, samples = 1 }:
+-- search for the best sample; x holds the `samples` leaves of highest reward.  A larger lambda
+-- makes the soft values nearer the best reward below a node (lambda -> inf: the max); the
+-- exploration bonus is in reward units.
 function M.dts_star(o)
-  return run("steer.dts_star", o, { method = "dts_star", select = "uct", exploration = 1, samples = 1 })
+  return run("steer.dts_star", o, { method = "dts_star", select = "uct", exploration = 0.1, lambda = 10, samples = 1 })
 end
 
 -- tree{ same options as dts, without nfe and samples; method = "dts" | "dts_star" }: an empty tree
@@ -783,8 +796,8 @@ function M.tree(o)
   local oo = {}
   for key, v in pairs(o) do if key ~= "method" then oo[key] = v end end
   if oo.nfe ~= nil or oo.samples ~= nil then fail(F, "'nfe' and 'samples' go to tree:grow / tree:sample", 2) end
-  local defaults = method == "dts" and { method = "dts", select = "boltzmann", exploration = 1 }
-    or { method = "dts_star", select = "uct", exploration = 1 }
+  local defaults = method == "dts" and { method = "dts", select = "boltzmann", exploration = 1, lambda = 1 }
+    or { method = "dts_star", select = "uct", exploration = 0.1, lambda = 10 }
   return new_tree(F, oo, defaults, 2)
 end
 
