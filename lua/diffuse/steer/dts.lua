@@ -623,9 +623,12 @@ function Tree:grow(o)
     if left <= 0 then break end
     local made = round(self, left, 2)
     if made == 0 then break end
-    if bar then bar:update(self.chain.nfe - start, { nodes = self.count - 1 }) end
+    if bar and self.chain.nfe - start < budget then bar:update(self.chain.nfe - start, { nodes = self.count - 1 }) end
   end
-  if bar then bar:finish({ nodes = self.count - 1 }) end
+  if bar then
+    bar.done = self.chain.nfe - start
+    bar:finish({ nodes = self.count - 1 })
+  end
   return self
 end
 
