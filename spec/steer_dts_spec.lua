@@ -363,9 +363,24 @@ describe("steer.dts errors", function()
     assert.matches("less than one rollout", err_of(steer.dts, base{ nfe = 3 }), 1, true)
     assert.matches("steer.dts_star: 'exploration' must be", err_of(steer.dts_star, base{ exploration = -1 }), 1, true)
     assert.matches("'reward' must be callable", err_of(steer.dts, base{ reward = 3 }), 1, true)
+    assert.matches("raise C or alpha", err_of(steer.dts, base{ alpha = 0 }), 1, true)
     local tree = dts.tree{ chain = p.chain{ steps = 4 }, reward = p.reward }
     assert.matches("the tree is empty", select(2, pcall(tree.sample, tree, 2)), 1, true)
     assert.matches("'nfe' must be", select(2, pcall(tree.grow, tree, { nfe = -1 })), 1, true)
+  end)
+end)
+
+describe("steer.dts edge cases", function()
+  it("takes rewards that are -inf everywhere (log-probabilities of 0)", function()
+    local p = target.mixture_problem()
+    local res = steer.dts{ chain = p.chain{ steps = 4 }, reward = function(x)
+      local t = {}
+      for i = 1, #x do t[i] = -inf end
+      return t
+    end, nfe = 200, samples = 3 }
+    assert.equal(-inf, res.best.reward)
+    assert.equal(-inf, res.value)
+    assert.equal(3, #res.x)
   end)
 end)
 

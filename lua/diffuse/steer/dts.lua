@@ -569,7 +569,7 @@ local function rollouts(self, exps, level)
     rw[leaf] = v
     lv[leaf] = lam * v
     leaves[#leaves + 1] = leaf
-    if v > best then best, self.best_id = v, leaf end
+    if v > best or not self.best_id then best, self.best_id = v, leaf end
     local c = leaf
     while c ~= first[k] do
       local p = par[c]
@@ -583,13 +583,16 @@ local function rollouts(self, exps, level)
 end
 
 -- One round: up to `batch` expansions (fewer when the budget or pending children stop it).
--- Returns the number of rollouts run.
+-- Returns the number of rollouts run, the number of descents, and why selection stopped
+-- ("full", "budget", "blocked", or "tries": only visits to leaves).
 local function round(self, budget, level)
   local exps, path = {}, {}
   local B = self.batch
   local tries = 0
   local max_tries = 4 * B + 64
-  while #exps < B and tries < max_tries do
+  local why = "tries"
+  while tries < max_tries do
+    if #exps == B then why = "full"; break end
     tries = tries + 1
     local kind, p, cost = descend(self, budget, path)
     if kind == "expand" then
@@ -598,18 +601,24 @@ local function round(self, budget, level)
     elseif kind == "leaf" then
       self.leaf_hits = self.leaf_hits + 1
     else
+      why = kind
       break
     end
   end
   for _, p in ipairs(exps) do self.pend[p] = nil end
-  if #exps == 0 then return 0 end
+  if #exps == 0 then return 0, tries, why end
   self.rounds = self.rounds + 1
   rollouts(self, exps, level + 1)
-  return #exps
+  return #exps, tries, why
 end
 
+-- Descents in a row that only visit leaves before growth gives up (a widening rule that never
+-- makes room, e.g. alpha = 0 with C = 1).
+local MAX_IDLE_DESCENTS = 1000000
+
 -- Grows the tree by at most `nfe` more network evaluations (rows): grow{nfe = N, progress = bool}.
--- Stops early when no descent fits the remaining budget (less than one rollout's cost left).
+-- Stops early when a descent's rollout does not fit the remaining budget (less than one
+-- rollout's cost is left unspent).
 function Tree:grow(o)
   local F = self.F .. ":grow"
   util.check_options(F, o, { nfe = true, progress = true }, 2)
@@ -618,11 +627,22 @@ function Tree:grow(o)
   local start = self.chain.nfe
   local bar = o.progress and budget > 0 and require("diffuse.progress").new{ total = budget, label = self.method,
     unit = "nfe" } or nil
+  local idle = 0
   while true do
     local left = budget - (self.chain.nfe - start)
     if left <= 0 then break end
-    local made = round(self, left, 2)
-    if made == 0 then break end
+    local made, tries, why = round(self, left, 2)
+    if made == 0 then
+      if why ~= "tries" then break end
+      -- only leaves were visited; their visits open room above them, so go on, up to a limit
+      idle = idle + tries
+      if idle > MAX_IDLE_DESCENTS then
+        fail(F, ("%d descents in a row reached leaves without finding room for a new child (C = %g, alpha = %g): "
+          .. "raise C or alpha"):format(idle, self.C, self.alpha), 2)
+      end
+    else
+      idle = 0
+    end
     if bar and self.chain.nfe - start < budget then bar:update(self.chain.nfe - start, { nodes = self.count - 1 }) end
   end
   if bar then
