@@ -30,17 +30,19 @@ local function mixture()
   print(("tilted mixture, 20 steps; distance of 2000 samples to the exact target (plain sampling %.3f, exact %.3f)")
     :format(target.sliced_wasserstein(c:run(c:prior(2000), 1), exact),
       target.sliced_wasserstein(p.tilted:sample(2000, { seed = 11 }), exact)))
+  print("mean over seeds 1..3:")
   print(("%8s  %12s  %12s  %12s"):format("NFE", "DTS uniform", "DTS adaptive", "log Z est."))
   for _, nfe in ipairs({ 1000, 4000, 16000, 64000 }) do
-    local row = {}
-    local value
-    for _, sel in ipairs({ "uniform", "boltzmann" }) do
-      local res = steer.dts{ chain = chain, reward = p.reward, lambda = p.lambda, nfe = nfe, select = sel,
-        samples = 2000, seed = 1, batch = 64 }
-      row[#row + 1] = target.sliced_wasserstein(res.x, exact)
-      if sel == "uniform" then value = res.value end
+    local row, values = { {}, {} }, {}
+    for seed = 1, 3 do
+      for j, sel in ipairs({ "uniform", "boltzmann" }) do
+        local res = steer.dts{ chain = chain, reward = p.reward, lambda = p.lambda, nfe = nfe, select = sel,
+          samples = 2000, seed = seed, batch = 64 }
+        row[j][seed] = target.sliced_wasserstein(res.x, exact)
+        if sel == "uniform" then values[seed] = res.value end
+      end
     end
-    print(("%8d  %12.3f  %12.3f  %12.3f"):format(nfe, row[1], row[2], value))
+    print(("%8d  %12.3f  %12.3f  %12.3f"):format(nfe, mean(row[1]), mean(row[2]), mean(values)))
   end
 
   local pf = target.mixture_problem{ reward = steer.rewards.gaussian{ mean = { 3.5, 3.5 }, precision = 1 } }

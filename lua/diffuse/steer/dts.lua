@@ -430,7 +430,11 @@ local function descend(self, budget, path)
       for k = 1, np do vis[path[k]] = vis[path[k]] - 1 end
       return "blocked", nil, nil, np
     end
-    id = choose(self, id, rule, rule == "boltzmann" and nk > 1 and self.grow_u() or rule == "uniform" and self.grow_u() or 0)
+    -- a uniform only where the rule draws (a single child or UCT takes none), so a run's
+    -- draws depend on the tree alone
+    local u = 0
+    if nk > 1 and (rule == "boltzmann" or rule == "uniform") then u = self.grow_u() end
+    id = choose(self, id, rule, u)
   end
 end
 
