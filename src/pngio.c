@@ -137,6 +137,30 @@ static int check_image(const char *path, const df_tensor *img, double lo, double
   return 0;
 }
 
+/* Sets up a writer for img (the caller checked it); -1 when the row buffer cannot be had. */
+static int writer_init(writer *w, const df_tensor *img, double lo, double hi) {
+  memset(w, 0, sizeof *w);
+  w->img = img;
+  w->lo = lo;
+  w->scale = 255.0 / (hi - lo);
+  w->row = malloc((size_t)img->shape[0] * (size_t)img->shape[2]);
+  return w->row ? 0 : -1;
+}
+
+/* Creates the libpng structures, writes the image through the writer's sink, frees
+   everything libpng and the writer hold; 0 or -1 with the reason in w->s.msg. */
+static int writer_run(writer *w) {
+  w->s.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &w->s, on_error, on_warning);
+  if (w->s.png) w->s.info = png_create_info_struct(w->s.png);
+  int rc = -1;
+  if (!w->s.png || !w->s.info) snprintf(w->s.msg, sizeof w->s.msg, "out of memory");
+  else rc = write_body(w);
+  png_destroy_write_struct(w->s.png ? &w->s.png : NULL, w->s.info ? &w->s.info : NULL);
+  free(w->row);
+  w->row = NULL;
+  return rc;
+}
+
 int df_png_encode(const df_tensor *img, double lo, double hi, unsigned char **out, size_t *len,
                   char *err, size_t errn) {
   *out = NULL;
@@ -144,24 +168,12 @@ int df_png_encode(const df_tensor *img, double lo, double hi, unsigned char **ou
   if (check_image("png encode", img, lo, hi, err, errn) != 0) return -1;
   membuf m = {NULL, 0, 0};
   writer w;
-  memset(&w, 0, sizeof w);
-  w.img = img;
-  w.lo = lo;
-  w.scale = 255.0 / (hi - lo);
-  w.mem = &m;
-  w.row = malloc((size_t)img->shape[0] * (size_t)img->shape[2]);
-  if (!w.row) {
+  if (writer_init(&w, img, lo, hi) != 0) {
     snprintf(err, errn, "png encode: out of memory");
     return -1;
   }
-  w.s.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &w.s, on_error, on_warning);
-  if (w.s.png) w.s.info = png_create_info_struct(w.s.png);
-  int rc = -1;
-  if (!w.s.png || !w.s.info) snprintf(w.s.msg, sizeof w.s.msg, "out of memory");
-  else rc = write_body(&w);
-  png_destroy_write_struct(w.s.png ? &w.s.png : NULL, w.s.info ? &w.s.info : NULL);
-  free(w.row);
-  if (rc != 0) {
+  w.mem = &m;
+  if (writer_run(&w) != 0) {
     free(m.data);
     if (w.s.warn[0]) snprintf(err, errn, "png encode: %s (%s)", w.s.msg, w.s.warn);
     else snprintf(err, errn, "png encode: %s", w.s.msg);
@@ -176,12 +188,7 @@ int df_png_write(const char *path, const df_tensor *img, double lo, double hi, c
                  size_t errn) {
   if (check_image(path, img, lo, hi, err, errn) != 0) return -1;
   writer w;
-  memset(&w, 0, sizeof w);
-  w.img = img;
-  w.lo = lo;
-  w.scale = 255.0 / (hi - lo);
-  w.row = malloc((size_t)img->shape[0] * (size_t)img->shape[2]);
-  if (!w.row) {
+  if (writer_init(&w, img, lo, hi) != 0) {
     snprintf(err, errn, "%s: out of memory", path);
     return -1;
   }
@@ -191,14 +198,7 @@ int df_png_write(const char *path, const df_tensor *img, double lo, double hi, c
     return -1;
   }
   w.s.fp = f.fp;
-  w.s.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &w.s, on_error, on_warning);
-  if (w.s.png) w.s.info = png_create_info_struct(w.s.png);
-  int rc = -1;
-  if (!w.s.png || !w.s.info) snprintf(w.s.msg, sizeof w.s.msg, "out of memory");
-  else rc = write_body(&w);
-  png_destroy_write_struct(w.s.png ? &w.s.png : NULL, w.s.info ? &w.s.info : NULL);
-  free(w.row);
-  if (rc != 0) {
+  if (writer_run(&w) != 0) {
     df_atomic_abort(&f);
     if (w.s.warn[0]) snprintf(err, errn, "%s: cannot write PNG: %s (%s)", path, w.s.msg, w.s.warn);
     else snprintf(err, errn, "%s: cannot write PNG: %s", path, w.s.msg);
