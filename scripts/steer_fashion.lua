@@ -10,7 +10,8 @@
 --   SVDD: S samples with M = B / 20 candidates per step (one batch);
 --   FK steering: S runs of K = B / 20 particles, one sample resampled by the final weights;
 --   DTS: one tree grown to S * B NFE, then S Boltzmann descents (the tree is reused);
---   DTS*: S trees of B NFE, the best leaf of each.
+--   DTS*: S trees of B NFE grown 4 descents per round, the best leaf of each (UCT exploration
+--   0.1 for the class reward, 0.01 for the PNG reward, whose values spread ten times less).
 -- Mean reward = mean over the S returned samples; best = the largest of them; FD in the
 -- classifier's feature space (biased upward by the small S, the same S for every method).
 --
@@ -45,9 +46,9 @@ for i, l in ipairs(test.labels) do if l == CLASS then rows_k[#rows_k + 1] = i en
 local ref_class = metrics.stats(features(test.images:gather(rows_k)))
 
 local rewards = {
-  { name = "class", reward = steer.rewards.class_logprob{ class = CLASS }, lambda = 10, ref = ref_class,
+  { name = "class", reward = steer.rewards.class_logprob{ class = CLASS }, lambda = 10, exploration = 0.1, ref = ref_class,
     title = ("log p(class %d | x)"):format(CLASS) },
-  { name = "png", reward = steer.rewards.png_size(), lambda = 100, ref = ref_all,
+  { name = "png", reward = steer.rewards.png_size(), lambda = 100, exploration = 0.01, ref = ref_all,
     title = "-PNG size (kB)" },
 }
 
@@ -138,7 +139,9 @@ if pcall(require, "diffuse.steer.dts") and steer.dts then
   end }
   methods[#methods + 1] = { name = "DTS*", run = function(R, B)
     return gather_runs(S, function(s)
-      local r = steer.dts_star(with(chain_opts(SEED * 1000 + s, 1), { reward = R.reward, lambda = R.lambda, nfe = B }))
+      -- small rounds: a round's descents all see the tree as it was before the round
+      local r = steer.dts_star(with(chain_opts(SEED * 1000 + s, 1), { reward = R.reward, lambda = R.lambda, nfe = B,
+        batch = 4, exploration = R.exploration }))
       return r.best.x, r.nfe
     end)
   end }
