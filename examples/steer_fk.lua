@@ -81,31 +81,10 @@ if arg[1] == "table" then
   end
   row("importance sampling only (resample_steps = {}), K = 64", pooled("fk", with{ resample_steps = {} }, 64), ex, 3200)
   local w, cls = 3, 1
-  local cex = target.rejection{ n = N, seed = 1,
-    propose = function(n, s) return (g:sample(n, { cond = cls, seed = s })) end,
-    log_accept = function(x)
-      local lc, lu = g:log_prob(x, { cond = cls }):totable(), g:log_prob(x):totable()
-      local out = {}
-      for i = 1, #lc do out[i] = math.min(0, (w - 1) * (math.log(0.3) + lc[i] - lu[i])) end
-      return out
-    end }
-  local lmax = math.log(1 / (2 * math.pi * 0.49))
-  local aex = target.rejection{ n = N, seed = 1, max_rounds = 100000,
-    propose = function(n, s) return (g:sample(n, { seed = s })) end,
-    log_accept = function(x)
-      local l = g:log_prob(x):totable()
-      for i = 1, #l do l[i] = l[i] - lmax end
-      return l
-    end }
+  local cex = target.cfg_samples(g, cls, w, N, 1)
+  local aex = target.annealed_samples(g, 2, N, 1)
   print("\n| FKC (logSNR grid, ESS < 0.5) | NFE per run | MMD^2 | SW2 |\n|---|---|---|---|")
-  row("CFG w = 3 class 1: exact vs exact", target.rejection{ n = N, seed = 2,
-    propose = function(n, s) return (g:sample(n, { cond = cls, seed = s })) end,
-    log_accept = function(x)
-      local lc, lu = g:log_prob(x, { cond = cls }):totable(), g:log_prob(x):totable()
-      local out = {}
-      for i = 1, #lc do out[i] = math.min(0, (w - 1) * (math.log(0.3) + lc[i] - lu[i])) end
-      return out
-    end }, cex, 0)
+  row("CFG w = 3 class 1: exact vs exact", target.cfg_samples(g, cls, w, N, 2), cex, 0)
   for _, steps in ipairs({ 50, 200 }) do
     local o = { chain = p.chain{ steps = steps, spacing = "logSNR", cond = cls }, target = "cfg", scale = w, ess_threshold = 0.5 }
     for _, K in ipairs({ 16, 64, 256 }) do row(("CFG, %d steps, K = %d"):format(steps, K), pooled("fkc", o, K), cex, 2 * K * steps) end
@@ -114,13 +93,7 @@ if arg[1] == "table" then
     o.smc, o.kernel = true, "x0"
     row(("CFG, %d steps, K = 64, kernel x0 (DDIM eta 1)"):format(steps), pooled("fkc", o, 64), cex, 2 * 64 * steps)
   end
-  row("anneal beta = 2: exact vs exact", target.rejection{ n = N, seed = 2, max_rounds = 100000,
-    propose = function(n, s) return (g:sample(n, { seed = s })) end,
-    log_accept = function(x)
-      local l = g:log_prob(x):totable()
-      for i = 1, #l do l[i] = l[i] - lmax end
-      return l
-    end }, aex, 0)
+  row("anneal beta = 2: exact vs exact", target.annealed_samples(g, 2, N, 2), aex, 0)
   for _, steps in ipairs({ 50, 200 }) do
     local o = { chain = p.chain{ steps = steps, spacing = "logSNR" }, target = "anneal", beta = 2, ess_threshold = 0.5 }
     for _, K in ipairs({ 16, 64, 256 }) do row(("anneal, %d steps, K = %d"):format(steps, K), pooled("fkc", o, K), aex, K * steps) end
@@ -140,14 +113,7 @@ end
 
 -- CFG target q_u^(1-w) q_c^w, w = 3, class 1: exact samples by rejection from q_c.
 local w, cls = 3, 1
-local cfg_exact = target.rejection{ n = N, seed = 1,
-  propose = function(n, s) return (g:sample(n, { cond = cls, seed = s })) end,
-  log_accept = function(x)
-    local lc, lu = g:log_prob(x, { cond = cls }):totable(), g:log_prob(x):totable()
-    local out = {}
-    for i = 1, #lc do out[i] = math.min(0, (w - 1) * (math.log(0.3) + lc[i] - lu[i])) end
-    return out
-  end }
+local cfg_exact = target.cfg_samples(g, cls, w, N, 1)
 print(("FKC, CFG target w = %d on class %d: MMD^2 to rejection samples"):format(w, cls))
 local o = { chain = p.chain{ steps = 50, spacing = "logSNR", cond = cls }, target = "cfg", scale = w, ess_threshold = 0.5 }
 for _, K in ipairs({ 16, 64 }) do

@@ -210,15 +210,8 @@ describe("steer.fkc", function()
   end)
 
   it("samples the CFG target of the labelled mixture (rejection samples), plain CFG does not", function()
-    local w, cls, pc = 3, 1, 0.3
-    local exact = target.rejection{ n = N, seed = 1,
-      propose = function(n, s) return (g:sample(n, { cond = cls, seed = s })) end,
-      log_accept = function(x)
-        local lc, lu = g:log_prob(x, { cond = cls }):totable(), g:log_prob(x):totable()
-        local out = {}
-        for i = 1, #lc do out[i] = math.min(0, (w - 1) * (math.log(pc) + lc[i] - lu[i])) end
-        return out
-      end }
+    local w, cls = 3, 1
+    local exact = target.cfg_samples(g, cls, w, N, 1)
     local o = { model = g, schedule = sched, shape = { 2 }, steps = 50, spacing = "logSNR", cond = cls,
       target = "cfg", scale = w, ess_threshold = 0.5 }
     local d = mmd((pooled("fkc", o, 64)), exact)

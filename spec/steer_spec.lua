@@ -198,6 +198,23 @@ describe("steer.target", function()
       log_accept = function(y) return { 1, 1 } end }):find("log_accept returned 1 > 0"))
   end)
 
+  it("samples the guided and annealed targets of a mixture exactly", function()
+    -- one Gaussian: q^2 of N(m, v) is N(m, v / 2)
+    local one = diffuse.models.gmm{ means = { { 1, -1 } }, stds = 0.8 }
+    local a = steer.target.annealed_samples(one, 2, 20000, 1)
+    H.close({ 1, -1 }, a:mean(1), 0.02)
+    H.close(0.32, a:narrow(2, 1, 1):var(), 0.02)
+    -- two labelled Gaussians far apart: the CFG target of class 1 at any scale is class 1's
+    -- component (q_c / q_u = 1 / p(c) there); at scale 0 it is the whole mixture
+    local two = diffuse.models.gmm{ means = { { -4, 0 }, { 4, 0 } }, stds = 0.5, weights = { 0.7, 0.3 }, labels = { 0, 1 } }
+    local c = steer.target.cfg_samples(two, 1, 3, 4000, 2)
+    H.close(4, c:narrow(2, 1, 1):mean(), 0.05)
+    local u = steer.target.cfg_samples(two, 1, 0, 4000, 3)
+    H.close(0.7 * -4 + 0.3 * 4, u:narrow(2, 1, 1):mean(), 0.2)
+    assert.is_truthy(H.error_of(steer.target.annealed_samples, one, 0.5, 10):find("beta must be a finite number >= 1"))
+    assert.is_truthy(H.error_of(steer.target.cfg_samples, one, 1, 2, 10):find("labelled diffuse gmm"))
+  end)
+
   it("sliced Wasserstein and MMD separate different distributions, not equal ones", function()
     local a, b = P.gmm:sample(2000, { seed = 1 }), P.gmm:sample(2000, { seed = 2 })
     local c = P.tilted:sample(2000, { seed = 3 })

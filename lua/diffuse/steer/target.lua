@@ -96,6 +96,59 @@ function M.rejection(o)
     #kept, n, rounds, #kept / tried), 2)
 end
 
+-- Exact samples of the classifier-free-guidance target q_u^(1-w) q_c^w / Z of a labelled
+-- mixture (q_c: the sub-mixture of class `cond`, q_u: the whole mixture), by rejection.
+-- q_u >= p(c) q_c, so for w >= 1 the proposal q_c with acceptance (p(c) q_c / q_u)^(w-1) <= 1
+-- is exact, and for 0 <= w < 1 the proposal q_u with acceptance (p(c) q_c / q_u)^w.
+-- Returns n samples and the acceptance rate.
+function M.cfg_samples(g, cond, scale, n, seed, max_rounds)
+  local F = "steer.target.cfg_samples"
+  if getmetatable(g) ~= models.GMM or not g.labels then fail(F, "argument 1 must be a labelled diffuse gmm", 2) end
+  g:_group(F, cond, 2)
+  if type(scale) ~= "number" or not (scale >= 0 and scale < math.huge) then
+    fail(F, ("scale must be a finite number >= 0, got %s"):format(tostring(scale)), 2)
+  end
+  local pc = 0
+  for k = 1, g.K do if g.labels[k] == cond then pc = pc + g.weights[k] end end
+  local from_class = scale >= 1
+  local power = from_class and scale - 1 or scale
+  return M.rejection{ n = n, seed = seed or 0, max_rounds = max_rounds,
+    propose = function(m, s) return (g:sample(m, { cond = from_class and cond or nil, seed = s })) end,
+    log_accept = function(x)
+      local lc, lu = g:log_prob(x, { cond = cond }):totable(), g:log_prob(x):totable()
+      local out = {}
+      for i = 1, #lc do out[i] = math.min(0, power * (log(pc) + lc[i] - lu[i])) end
+      return out
+    end }
+end
+
+-- Exact samples of the annealed target q^beta / Z of a mixture, beta >= 1, by rejection from
+-- q with acceptance (q / q_max)^(beta - 1), where q_max = the largest peak density of a
+-- component bounds q (a mixture is an average of its components).
+function M.annealed_samples(g, beta, n, seed, max_rounds)
+  local F = "steer.target.annealed_samples"
+  if getmetatable(g) ~= models.GMM then fail(F, "argument 1 must be a diffuse gmm", 2) end
+  if type(beta) ~= "number" or not (beta >= 1 and beta < math.huge) then
+    fail(F, ("beta must be a finite number >= 1 (rejection from q needs q^(beta - 1) bounded), got %s"):format(
+      tostring(beta)), 2)
+  end
+  local vars = g.vars:totable()
+  local lmax = -math.huge
+  for k = 1, g.K do
+    local l = -0.5 * g.D * log(2 * math.pi)
+    for j = 1, g.D do l = l - 0.5 * log(vars[k][j]) end
+    if g.weights[k] > 0 and l > lmax then lmax = l end
+  end
+  return M.rejection{ n = n, seed = seed or 0, max_rounds = max_rounds or 100000,
+    propose = function(m, s) return (g:sample(m, { seed = s })) end,
+    log_accept = function(x)
+      local lq = g:log_prob(x):totable()
+      local out = {}
+      for i = 1, #lq do out[i] = math.min(0, (beta - 1) * (lq[i] - lmax)) end
+      return out
+    end }
+end
+
 -- The standard checking problem of the specs and the mixture measurements: a 2-D mixture of
 -- four well-separated Gaussians, a Gaussian reward that favours one side, lambda = 1, and its
 -- exact tilted target.  Options override any part (means, stds, weights, reward, lambda).
