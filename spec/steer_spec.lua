@@ -39,6 +39,16 @@ describe("steer.chain", function()
     assert.are.equal(5, f.seed)
   end)
 
+  it("values a state by the reward of its x0 estimate, reusing the evaluation", function()
+    local ch = P.chain{ steps = 10 }
+    local x = ch:run(ch:prior(6), 1, 4)
+    local nfe = ch.nfe
+    local v, x0 = ch:value(P.reward, x, 5)
+    assert.are.equal(nfe + 6, ch.nfe)
+    H.close(P.reward(P.gmm(x, ch.points[5])), v, 1e-6)
+    H.close(P.gmm(x, ch.points[5]), x0, 1e-6)
+  end)
+
   it("is reproducible from its seed and differs across seeds", function()
     local function run(seed)
       local ch = P.chain{ steps = 5, seed = seed }

@@ -216,6 +216,14 @@ function Chain:reward(reward, x, ctx)
   return values
 end
 
+-- The look-ahead value of the rows of x at step i: r(x0_hat(x)), the reward of the model's
+-- data estimate (one model call, #x NFE, one reward call); also returns x0 and eps, so a method
+-- that then moves the rows reuses the evaluation.
+function Chain:value(reward, x, i, cond)
+  local x0, eps = self:denoise(x, i, cond)
+  return self:reward(reward, x0, { x_t = x, point = self.points[i], step = i }), x0, eps
+end
+
 -- The counters, as every method returns them.
 function Chain:stats()
   return { nfe = self.nfe, calls = self.calls, reward_evals = self.reward_evals, reward_calls = self.reward_calls }

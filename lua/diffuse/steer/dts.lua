@@ -828,4 +828,7 @@ function M.tree(o)
   return new_tree(F, oo, defaults, 2)
 end
 
+-- steer.dts_tree{...}: the same, from the steer module (steer.dts is the method).
+M.dts_tree = M.tree
+
 return M

@@ -9,16 +9,16 @@ local modules = {
   weights = "diffuse.steer.weights", search = "diffuse.steer.search", svdd = "diffuse.steer.svdd",
   fk = "diffuse.steer.fk", fkc = "diffuse.steer.fkc", dts = "diffuse.steer.dts",
 }
--- The methods, by the module that holds each.
+-- The methods (and the DTS tree constructor), by the module that holds each.
 local methods = {
   best_of_n = "search", random_search = "search", zero_order = "search", path_search = "search",
-  svdd = "svdd", fk = "fk", fkc = "fkc", dts = "dts", dts_star = "dts",
+  svdd = "svdd", fk = "fk", fkc = "fkc", dts = "dts", dts_star = "dts", dts_tree = "dts",
 }
 M._modules, M._methods = modules, methods
 
 function M.methods()
   local out = {}
-  for k in pairs(methods) do out[#out + 1] = k end
+  for k in pairs(methods) do if k ~= "dts_tree" then out[#out + 1] = k end end
   table.sort(out)
   return out
 end
