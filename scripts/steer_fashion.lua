@@ -9,6 +9,8 @@
 --   zero-order and path search: S searches whose settings spend about B;
 --   SVDD: S samples with M = B / 20 candidates per step (one batch);
 --   FK steering: S runs of K = B / 20 particles, one sample resampled by the final weights;
+--   FKC (class reward only): S runs of the Feynman-Kac corrector towards the CFG target of the
+--   class at scale 3, B / 40 particles (two evaluations per particle and step), one sample each;
 --   DTS: one tree grown to S * B NFE, then S Boltzmann descents (the tree is reused);
 --   DTS*: S trees of B NFE grown 4 descents per round, the best leaf of each (UCT exploration
 --   0.1 for the class reward, 0.01 for the PNG reward, whose values spread ten times less).
@@ -132,6 +134,16 @@ local methods = {
     end)
   end },
 }
+-- Feynman-Kac correctors target the classifier-free-guidance distribution of the class
+-- (scale 3) rather than a reward: class reward only; two NFE per particle per step.
+methods[#methods + 1] = { name = "FKC (CFG target)", only_reward = "class", run = function(R, B)
+  return gather_runs(S, function(s)
+    local o = with(chain_opts(SEED * 1000 + s, 1), { spacing = "logSNR", cond = CLASS, target = "cfg", scale = 3,
+      particles = math.max(1, B // (2 * STEPS)), samples = 1, ess_threshold = 0.5 })
+    local r = steer.fkc(o)
+    return r.x, r.nfe
+  end)
+end }
 if pcall(require, "diffuse.steer.dts") and steer.dts then
   methods[#methods + 1] = { name = "DTS", run = function(R, B)
     local r = steer.dts(with(chain_opts(SEED, 1), { reward = R.reward, lambda = R.lambda, nfe = S * B, samples = S }))
@@ -169,14 +181,16 @@ local function key(rn, mn) return rn .. "/" .. mn end
 local total = 0
 for _, R in ipairs(rewards) do
   for _, m in ipairs(methods) do
-    if wanted(R.name) or wanted(m.name) then total = total + #(m.budgets or BUDGETS) end
+    if (wanted(R.name) or wanted(m.name)) and (not m.only_reward or m.only_reward == R.name) then
+      total = total + #(m.budgets or BUDGETS)
+    end
   end
 end
 local bar = diffuse.progress.new{ total = math.max(total, 1), label = "steer fashion", unit = "points" }
 local done = 0
 for _, R in ipairs(rewards) do
   for _, m in ipairs(methods) do
-    if wanted(R.name) or wanted(m.name) then
+    if (wanted(R.name) or wanted(m.name)) and (not m.only_reward or m.only_reward == R.name) then
       local points = {}
       for _, B in ipairs(m.budgets or BUDGETS) do
         local t0 = diffuse.wtime()
