@@ -20,7 +20,7 @@
 --   lua5.4 scripts/steer_fashion.lua [S = 64] [out_dir = build/steer] [only = all] [class = 8]
 --
 -- only: reward names and/or method names separated by ';' (the other rows come from an
--- earlier results.json in out_dir).  Writes out_dir/fashion.md, results.json, fashion.png.
+-- earlier results.json in out_dir; "none" redraws the table and plot from it).  Writes out_dir/fashion.md, results.json, fashion.png.
 local diffuse = require("diffuse")
 local steer = diffuse.steer
 local metrics = diffuse.metrics
@@ -241,13 +241,13 @@ if os.execute("command -v gnuplot > /dev/null 2>&1") then
   local dat = out_dir .. "/fashion.dat"
   local blocks, idx = {}, {}
   for _, R in ipairs(rewards) do
-    for _, m in ipairs(methods) do
+    for mi, m in ipairs(methods) do
       local pts = results.rows[key(R.name, m.name)]
       if pts and #pts > 0 then
         local b = { "# " .. R.name .. " " .. m.name }
         for _, p in ipairs(pts) do b[#b + 1] = ("%g %g %g %g"):format(p.nfe, p.mean, p.best, p.fd) end
         blocks[#blocks + 1] = table.concat(b, "\n")
-        idx[#idx + 1] = { reward = R.name, name = m.name, index = #blocks - 1 }
+        idx[#idx + 1] = { reward = R.name, name = m.name, index = #blocks - 1, style = mi - 1 }
       end
     end
   end
@@ -262,7 +262,8 @@ if os.execute("command -v gnuplot > /dev/null 2>&1") then
       local plots = {}
       for _, e in ipairs(idx) do
         if e.reward == R.name then
-          local k = #plots
+          -- a method keeps its line style in every panel
+          local k = e.style
           plots[#plots + 1] = ("'%s' index %d using 1:%d with linespoints lt %d dt %d pt %d title '%s'"):format(dat,
             e.index, col + 1, k % 8 + 1, k // 8 + 1, k % 8 + 1, e.name)
         end
