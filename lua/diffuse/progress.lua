@@ -98,7 +98,7 @@ end
 function Bar:finish(extra)
   self.last = -math.huge
   -- in a log, the final count was just written by update: do not repeat the line
-  if not self.tty and extra == nil and self.printed == self.done and self.done >= self.total then return end
+  if not self.tty and self.printed == self.done and self.done >= self.total then return end
   local line = self:line(self.done, extra)
   if self.tty then self.out:write("\r", line, "\27[K\n") else self.out:write(line, "\n") end
   self.out:flush()
