@@ -122,12 +122,13 @@ function M.linear(o)
 end
 
 -- A set of class labels from class = k or classes = {k, ...}.
-local function class_set(F, o)
-  if (o.class == nil) == (o.classes == nil) then fail(F, "give 'class' (a label) or 'classes' (a list of labels)", 3) end
+local function class_set(F, o, level)
+  level = level or 3
+  if (o.class == nil) == (o.classes == nil) then fail(F, "give 'class' (a label) or 'classes' (a list of labels)", level) end
   local list = o.classes or { o.class }
-  if type(list) ~= "table" or #list < 1 then fail(F, "'classes' must be a non-empty list of labels", 3) end
+  if type(list) ~= "table" or #list < 1 then fail(F, "'classes' must be a non-empty list of labels", level) end
   for i, c in ipairs(list) do
-    if math.type(c) ~= "integer" then fail(F, ("class labels must be integers, got %s"):format(tostring(c)), 3) end
+    if math.type(c) ~= "integer" then fail(F, ("class labels must be integers, got %s"):format(tostring(c)), level) end
     list[i] = c
   end
   return list
@@ -177,23 +178,25 @@ local function log_prob_of(logits, cols)
   return out
 end
 
-local function load_net(F, name, given)
+local function load_net(F, name, given, level)
+  level = level or 3
   if given ~= nil then
     if type(given) ~= "table" or type(given.forward) ~= "function" or not given.num_classes then
-      fail(F, "'classifier' must be a diffuse.nn classifier (forward, num_classes)", 3)
+      fail(F, "'classifier' must be a diffuse.nn classifier (forward, num_classes)", level)
     end
     return given
   end
   local net, err = require("diffuse.models").load(name)
-  if not net then fail(F, err, 3) end
+  if not net then fail(F, err, level) end
   return net
 end
 
-local function columns(F, net, list)
+local function columns(F, net, list, level)
+  level = level or 3
   local cols = {}
   for i, c in ipairs(list) do
     if c < 0 or c >= net.num_classes then
-      fail(F, ("class %d is out of range (the classifier has classes 0..%d)"):format(c, net.num_classes - 1), 3)
+      fail(F, ("class %d is out of range (the classifier has classes 0..%d)"):format(c, net.num_classes - 1), level)
     end
     cols[i] = c + 1
   end
@@ -209,13 +212,18 @@ end
 
 -- log p(y in S | x) under the shipped Fashion-MNIST classifier (or `classifier`, a diffuse.nn
 -- classifier) on clean images in [-1, 1]: class_logprob{class = k | classes = {...}}.
+-- The options every classifier reward takes: the class set, the network (default: the shipped
+-- one named `default`) and the logit columns of the set.
+local function classifier_options(F, o, default)
+  util.check_options(F, o, { class = true, classes = true, classifier = true }, 3)
+  if o == nil then fail(F, "options table expected", 3) end
+  local list = class_set(F, o, 4)
+  local net = load_net(F, default, o.classifier, 4)
+  return list, net, columns(F, net, list, 4)
+end
+
 function M.class_logprob(o)
-  local F = "rewards.class_logprob"
-  util.check_options(F, o, { class = true, classes = true, classifier = true }, 2)
-  if o == nil then fail(F, "options table expected", 2) end
-  local list = class_set(F, o)
-  local net = load_net(F, "fashion-classifier", o.classifier)
-  local cols = columns(F, net, list)
+  local list, net, cols = classifier_options("rewards.class_logprob", o, "fashion-classifier")
   return new_reward("class_logprob", ("log p(class in {%s} | x)"):format(table.concat(list, ", ")), function(x)
     return log_prob_of(net:forward(images(net, x)), cols)
   end, { classes = list, net = net })
@@ -225,12 +233,7 @@ end
 -- fashion-tclassifier) evaluated on the noisy state itself: it reads ctx.x_t and ctx.point
 -- when the method passes them (an intermediate state), and x at t = 0 otherwise.
 function M.noisy_class_logprob(o)
-  local F = "rewards.noisy_class_logprob"
-  util.check_options(F, o, { class = true, classes = true, classifier = true }, 2)
-  if o == nil then fail(F, "options table expected", 2) end
-  local list = class_set(F, o)
-  local net = load_net(F, "fashion-tclassifier", o.classifier)
-  local cols = columns(F, net, list)
+  local list, net, cols = classifier_options("rewards.noisy_class_logprob", o, "fashion-tclassifier")
   local time_input = require("diffuse.nn").time_input
   local clean = { t = 0, alpha = 1, sigma = 0 }
   return new_reward("noisy_class_logprob", ("log p(class in {%s} | x_t)"):format(table.concat(list, ", ")),
