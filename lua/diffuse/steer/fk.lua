@@ -123,12 +123,7 @@ function M.normalized(lw)
   return out
 end
 
-local function gather_list(v, idx)
-  local out = {}
-  for k, j in ipairs(idx) do out[k] = v[j] end
-  return out
-end
-M.gather_list = gather_list
+local gather_list = weights.gather
 
 -- The returned samples: `samples` rows resampled by the final log-weights (then every returned
 -- row has log-weight -log samples), or all particles with their normalised log-weights.

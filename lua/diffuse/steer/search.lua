@@ -73,11 +73,7 @@ local function order_desc(v)
   return idx
 end
 
-local function pick(list, idx)
-  local out = {}
-  for k, i in ipairs(idx) do out[k] = list[i] end
-  return out
-end
+local pick = weights.gather
 
 local function progress_bar(o, total, label)
   if not o.progress then return nil end

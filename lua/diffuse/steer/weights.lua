@@ -134,6 +134,13 @@ function M.resample(method, lw, n, stream)
   return f(lw, n, stream)
 end
 
+-- The entries of a list at the given indices (a per-particle list after resampling).
+function M.gather(list, idx)
+  local out = {}
+  for k, i in ipairs(idx) do out[k] = list[i] end
+  return out
+end
+
 -- Index of the largest value (first on ties).
 function M.argmax(v)
   local best, bi = -inf, 1
