@@ -72,7 +72,7 @@ if arg[1] == "table" then
   for _, K in ipairs({ 1, 4, 16, 64, 256 }) do
     row(("diff, every step, K = %d%s"):format(K, K == 1 and " (plain sampling)" or ""), pooled("fk", base, K), ex, 50 * K)
   end
-  local function with(extra) local o = {}; for k2, v in pairs(base) do o[k2] = v end; for k2, v in pairs(extra) do o[k2] = v end; return o end
+  local function with(extra) return require("diffuse.util").merge(base, extra) end
   row("diff, ESS < 0.5, K = 64", pooled("fk", with{ ess_threshold = 0.5 }, 64), ex, 3200)
   row("diff, multinomial, K = 64", pooled("fk", with{ resampling = "multinomial" }, 64), ex, 3200)
   for _, pot in ipairs({ "max", "sum", "plain" }) do

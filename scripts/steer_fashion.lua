@@ -57,12 +57,7 @@ local rewards = {
 local function chain_opts(seed, eta)
   return { model = model, shape = { 1, 28, 28 }, steps = STEPS, seed = seed, eta = eta }
 end
-local function with(t, extra)
-  local o = {}
-  for k, v in pairs(t) do o[k] = v end
-  for k, v in pairs(extra) do o[k] = v end
-  return o
-end
+local with = util.merge
 
 -- Collects S one-sample results into (x, nfe).
 local function gather_runs(count, fn)

@@ -49,12 +49,7 @@ local function distance(x) return steer.target.sliced_wasserstein(x, exact, { pr
 local function chain_opts(seed)
   return { model = P.gmm, schedule = P.schedule, shape = { P.gmm.D }, steps = STEPS, seed = seed }
 end
-local function with(t, extra)
-  local o = {}
-  for k, v in pairs(t) do o[k] = v end
-  for k, v in pairs(extra) do o[k] = v end
-  return o
-end
+local with = util.merge
 
 -- Each method: run(nfe, seed) -> output samples, the NFE actually spent.
 local methods = {

@@ -144,12 +144,7 @@ local common = {
   progress = true, log_every = 100, label = "train", on_step = false,
 }
 
-local function with(defaults, extra)
-  local out = {}
-  for k, v in pairs(defaults) do out[k] = v end
-  for k, v in pairs(extra) do out[k] = v end
-  return out
-end
+local with = require("diffuse.util").merge
 
 -- train.denoiser{net, images, labels, schedule, objective = "eps" | "v" | "x0",
 --   t_min, t_max, steps, batch, lr, warmup, decay, weight_decay, clip, ema, seed, checkpoint,

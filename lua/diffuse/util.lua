@@ -56,6 +56,14 @@ function M.data_dirs(env_var, sub)
   return dirs
 end
 
+-- A new table with the fields of a, then those of b (b wins); b may be nil.
+function M.merge(a, b)
+  local out = {}
+  for k, v in pairs(a) do out[k] = v end
+  for k, v in pairs(b or {}) do out[k] = v end
+  return out
+end
+
 -- write_file(path, text) -> true | nil, message: atomic (temporary file in the same
 -- directory, synced, renamed over path), so a failure never leaves a half-written file.
 function M.write_file(path, text)

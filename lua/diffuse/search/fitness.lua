@@ -23,12 +23,7 @@ Fitness.__index = Fitness
 Fitness.__call = function(self, run) return self.evaluate(run or {}) end
 M.Fitness = Fitness
 
-local function merged(base, run)
-  local o = {}
-  for k, v in pairs(base) do o[k] = v end
-  for k, v in pairs(run) do o[k] = v end
-  return o
-end
+local merged = util.merge
 
 local function check_run(run, level)
   if type(run) ~= "table" then util.fail(F, ("a candidate run is a table of sample{} options, got %s"):format(type(run)), level + 1) end

@@ -133,12 +133,7 @@ end
 local churn_options = { churn = 0.0, s_tmin = 0.0, s_tmax = math.huge, s_noise = 1.0 }
 local ancestral_options = { eta = 1.0, s_noise = 1.0 }
 
-local function with(base, extra)
-  local o = {}
-  for k, v in pairs(base) do o[k] = v end
-  for k, v in pairs(extra or {}) do o[k] = v end
-  return o
-end
+local with = require("diffuse.util").merge
 
 local function check_nonneg(st, ...)
   for _, k in ipairs({ ... }) do
