@@ -333,11 +333,9 @@ local function add_output(ex, mem, add, j, v, data)
   end
 end
 
--- x_new = c.x x_base + sum_i c.m[i] m_{ids[i]} (+ c.z z), m the step's prediction kind, with
--- terms on the same tensor merged.
-local function apply(st, s, c, step, x_base, z)
-  local ex, mem = st._ei, st.mem
-  local data = step.pred == "data"
+-- A list of (tensor, coefficient) terms for one lincomb: add(t, v) appends t or adds v to the
+-- coefficient it already has (so a tensor used twice is read once); zero terms are skipped.
+local function terms()
   local ts, cs, slot = {}, {}, {}
   local function add(t, v)
     if v == 0 then return end
@@ -348,6 +346,15 @@ local function apply(st, s, c, step, x_base, z)
       ts[k], cs[k], slot[t] = t, v, k
     end
   end
+  return ts, cs, add
+end
+
+-- x_new = c.x x_base + sum_i c.m[i] m_{ids[i]} (+ c.z z), m the step's prediction kind, with
+-- terms on the same tensor merged.
+local function apply(st, s, c, step, x_base, z)
+  local ex, mem = st._ei, st.mem
+  local data = step.pred == "data"
+  local ts, cs, add = terms()
   add(x_base, c.x)
   local ids = { step.base, table.unpack(step.points) }
   if #c.m > #ids then ids[#ids + 1] = s + 1 end
@@ -365,16 +372,7 @@ end
 -- use of that kind, as in DC-Solver.
 local function compensate(st, s, dc, data)
   local ex, mem = st._ei, st.mem
-  local ts, cs, slot = {}, {}, {}
-  local function add(t, v)
-    if v == 0 then return end
-    local k = slot[t]
-    if k then cs[k] = cs[k] + v
-    else
-      k = #ts + 1
-      ts[k], cs[k], slot[t] = t, v, k
-    end
-  end
+  local ts, cs, add = terms()
   for a, j in ipairs(dc.ids) do add_output(ex, mem, add, j, dc.w[a], data) end
   mem.dc[s] = { data = data, t = lincomb(ts, cs) }
 end
