@@ -233,5 +233,11 @@ describe("steer.target", function()
     -- unequal sizes compare by quantiles
     assert.is_true(sw(a:narrow(1, 1, 500), b) < 0.5 * sw(a, c))
     assert.is_truthy(H.error_of(sw, a, core.zeros(3, 3)):find("3 and 2") or H.error_of(sw, a, core.zeros(3, 3)):find("2 and 3"))
+    -- 1-d by hand: a shift by 1 is W2 = 1 in every direction; {0, 1} and {0, 0.5, 1} have the
+    -- same quantiles at the levels 1/6, 1/2, 5/6 the unequal sizes are compared at
+    H.close(1, sw(core.tensor({ { 0 }, { 1 }, { 2 }, { 3 } }), core.tensor({ { 1 }, { 2 }, { 3 }, { 4 } })), 1e-6)
+    H.close(0, sw(core.tensor({ { 0 }, { 1 } }), core.tensor({ { 0 }, { 0.5 }, { 1 } })), 1e-7)
+    H.close(math.sqrt(1 / 3 * (0.5 ^ 2 + 0.5 ^ 2 + 0.5 ^ 2)),
+      sw(core.tensor({ { 0 }, { 1 } }), core.tensor({ { 0.5 }, { 1 }, { 1.5 } })), 1e-6)
   end)
 end)

@@ -269,6 +269,21 @@ static int l_median_distance(lua_State *L) {
   return 1;
 }
 
+/* sorted_w2(a, b) -> mean over the columns of the squared 1-d W2 distance between a's column
+ * and b's (rows are samples; see df_metrics_sorted_w2) */
+static int l_sorted_w2(lua_State *L) {
+  df_tensor *a = check_features(L, 1, "a"), *b = check_features(L, 2, "b");
+  if (a->shape[1] != b->shape[1]) return df_shape_mismatch(L, 2, "b", b, "a", a);
+  luaL_argcheck(L, a->shape[0] >= 2, 1, "need at least 2 rows");
+  luaL_argcheck(L, b->shape[0] >= 2, 2, "need at least 2 rows");
+  double v;
+  int st = df_metrics_sorted_w2(a->data, a->shape[0], row_stride(a), b->data, b->shape[0], row_stride(b),
+                                a->shape[1], &v);
+  if (st) return raise_status(L, "sorted_w2", st);
+  lua_pushnumber(L, v);
+  return 1;
+}
+
 /* knn_radii(x, k[, chunk]) -> F64 buffer of squared k-NN radii */
 static int l_knn_radii(lua_State *L) {
   df_tensor *x = check_features(L, 1, "x");
@@ -339,6 +354,7 @@ void df_open_metrics(lua_State *L, int methods, int module) {
     {"f64_split", l_f64_split}, {"f64_join", l_f64_join}, {"stats", l_stats},
     {"frechet", l_frechet}, {"kernel_sums", l_kernel_sums}, {"kid", l_kid},
     {"median_distance", l_median_distance}, {"knn_radii", l_knn_radii}, {"prdc", l_prdc},
+    {"sorted_w2", l_sorted_w2},
     {"dgemm_nt", l_dgemm_nt}, {"mkdir_p", l_mkdir_p}, {NULL, NULL}};
   lua_newtable(L);
   luaL_setfuncs(L, fns, 0);

@@ -96,4 +96,12 @@ int df_metrics_prdc(const float *real, int64_t nr, int64_t ldr, const float *fak
  * (also when it exists as a directory), else DF_METRICS_EMKDIR with errno set. */
 int df_metrics_mkdir_p(const char *path);
 
+/* Mean over the p columns of the squared 2-Wasserstein distance between the 1-d empirical
+ * distributions of column c of a (na rows, row stride lda) and of b.  Equal sizes compare order
+ * statistics; otherwise both are compared at the n = max(na, nb) levels (i - 1/2) / n, each
+ * quantile interpolated linearly between order statistics.  The building block of the sliced
+ * Wasserstein distance (the caller projects).  na, nb >= 2. */
+int df_metrics_sorted_w2(const float *a, int64_t na, int64_t lda, const float *b, int64_t nb,
+                         int64_t ldb, int64_t p, double *out);
+
 #endif
