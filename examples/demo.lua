@@ -44,11 +44,7 @@ local labels = {}
 for i = 1, n do labels[i] = (i - 1) % 10 end
 local x, _, secs2 = sample(labels, 2)
 local metrics = diffuse.metrics
-local test = assert(diffuse.data.fashion_mnist { split = "test" })
-local function features(v) return classifier:features(v:view(#v, 1, 28, 28)) end
-local ref = metrics.reference_stats("fashion-test", features, function() return test.images end,
-  { version = diffuse.models.fingerprint(classifier) })
-local fd = metrics.frechet_distance(metrics.stats(features(x)), ref)
+local fd = assert(metrics.fashion_reference()).fd(x)
 local acc = metrics.class_accuracy(classifier:forward(x), labels)
 print(("%d samples in %.1f s: FD %.2f against the test set (classifier features), class accuracy %.1f%%"):format(
   n, secs2, fd, 100 * acc))

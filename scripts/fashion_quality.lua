@@ -14,13 +14,9 @@ local out_dir = arg and arg[3] or "build/quality"
 os.execute("mkdir -p '" .. out_dir .. "'")
 
 local model, info = assert(diffuse.models.load("fashion-denoiser"))
-local classifier = assert(diffuse.models.load("fashion-classifier"))
 local schedule = info.schedule
-local test = assert(diffuse.data.fashion_mnist{ split = "test" })
-
-local function features(x) return classifier:features(x:view(#x, 1, 28, 28)) end
-local ref = metrics.reference_stats("fashion-test", features, function() return test.images end,
-  { version = diffuse.models.fingerprint(classifier) })
+local fr = assert(metrics.fashion_reference())
+local classifier, test, features, ref = fr.classifier, fr.test, fr.features, fr.reference
 local floor = metrics.floor(features, test.images, { seed = 1 })
 print(("FD floor (two halves of the test set): %.3f"):format(floor))
 

@@ -18,12 +18,9 @@ local only = arg[3]
 
 local model, info = assert(diffuse.models.load("fashion-denoiser"))
 local small = assert(diffuse.models.load("fashion-denoiser-small"))
-local cc = assert(diffuse.models.load("fashion-classifier"))
 local tc = assert(diffuse.models.load("fashion-tclassifier"))
-local function features(x) return cc:features(x:view(#x, 1, 28, 28)) end
-local ref = metrics.reference_stats("fashion-test", features, function()
-  return assert(diffuse.data.fashion_mnist{ split = "test" }).images
-end, { version = diffuse.models.fingerprint(cc) })
+local fr = assert(metrics.fashion_reference())
+local cc, features, ref = fr.classifier, fr.features, fr.reference
 local labels = {}
 for i = 1, n do labels[i] = (i - 1) % 10 end
 

@@ -24,12 +24,9 @@ local only = arg and arg[3]
 os.execute("mkdir -p '" .. out_dir .. "'")
 
 local model, info = assert(diffuse.models.load("fashion-denoiser"))
-local classifier = assert(diffuse.models.load("fashion-classifier"))
 local schedule = info.schedule
-local test = assert(diffuse.data.fashion_mnist{ split = "test" })
-local function features(x) return classifier:features(x:view(#x, 1, 28, 28)) end
-local ref = metrics.reference_stats("fashion-test", features, function() return test.images end,
-  { version = diffuse.models.fingerprint(classifier) })
+local fr = assert(metrics.fashion_reference())
+local classifier, test, features, ref = fr.classifier, fr.test, fr.features, fr.reference
 
 local SOLVER = "dpmpp_2m"
 local STEPS = { 10, 20 }

@@ -38,11 +38,8 @@ local BUDGETS = { 80, 320, 1280 }
 local SEED = 1
 
 local model = assert(diffuse.models.load("fashion-denoiser"))
-local classifier = assert(diffuse.models.load("fashion-classifier"))
-local test = assert(diffuse.data.fashion_mnist{ split = "test" })
-local function features(x) return classifier:features(x:reshape(#x, 1, 28, 28)) end
-local ref_all = metrics.reference_stats("fashion-test", features, function() return test.images end,
-  { version = diffuse.models.fingerprint(classifier) })
+local fr = assert(metrics.fashion_reference())
+local test, features, ref_all = fr.test, fr.features, fr.reference
 local rows_k = {}
 for i, l in ipairs(test.labels) do if l == CLASS then rows_k[#rows_k + 1] = i end end
 local ref_class = metrics.stats(features(test.images:gather(rows_k)))

@@ -444,4 +444,24 @@ function M.floor(feature_fn, data, opts)
   return fd, info
 end
 
+----------------------------------------------------------------------------------------------
+-- The Fashion-MNIST measurement every script shares
+
+-- fashion_reference() -> {classifier, features, test, reference, fd}: the shipped classifier
+-- (or nil, message when it is missing), its feature map for (N, 784) or (N, 1, 28, 28) images,
+-- the test split, the test set's feature statistics (cached on disk, keyed by the classifier's
+-- weights) and fd(x) = the Fréchet distance of a batch against them.
+function M.fashion_reference()
+  local models, data = require("diffuse.models"), require("diffuse.data")
+  local classifier, err = models.load("fashion-classifier")
+  if not classifier then return nil, err end
+  local test, derr = data.fashion_mnist{ split = "test" }
+  if not test then return nil, derr end
+  local function features(x) return classifier:features(x:reshape(#x, 1, 28, 28)) end
+  local reference = M.reference_stats("fashion-test", features, function() return test.images end,
+    { version = models.fingerprint(classifier) })
+  return { classifier = classifier, features = features, test = test, reference = reference,
+    fd = function(x) return M.frechet_distance(M.stats(features(x)), reference) end }
+end
+
 return M

@@ -140,14 +140,10 @@ function M.fashion(o)
   o = util.check_options(F .. ".fashion", o, { n = true, seed = true, batch = true, model = true, keep = true }, 2)
   local diffuse = require("diffuse")
   local model = o.model or assert(diffuse.models.load("fashion-denoiser"))
-  local classifier = assert(diffuse.models.load("fashion-classifier"))
-  local function features(x) return classifier:features(x:view(#x, 1, 28, 28)) end
-  local ref = diffuse.metrics.reference_stats("fashion-test", features, function()
-    return assert(diffuse.data.fashion_mnist{ split = "test" }).images
-  end, { version = diffuse.models.fingerprint(classifier) })
-  local f = M.fd{ model = model, features = features, reference = ref, n = o.n or 1000, seed = o.seed or 1,
+  local fr = assert(diffuse.metrics.fashion_reference())
+  local f = M.fd{ model = model, features = fr.features, reference = fr.reference, n = o.n or 1000, seed = o.seed or 1,
     dim = 784, cond = "balanced", batch = o.batch, keep = o.keep }
-  f.classifier = classifier
+  f.classifier = fr.classifier
   return f
 end
 
