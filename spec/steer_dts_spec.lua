@@ -257,7 +257,7 @@ describe("steer.dts on the tilted mixture", function()
     -- the root value estimates log E exp(lambda r) / lambda (exact -1.299; the 20-step chain's
     -- own value differs a little: measured -1.16 .. -1.30)
     assert.near(log_z(p) / p.lambda, v_big, 0.2)
-    assert(v_small == v_small)
+    assert.near(log_z(p) / p.lambda, v_small, 0.5) -- measured -1.41: the small tree is rougher
   end)
 
   it("adaptive DTS (Boltzmann construction) beats plain sampling; its residual bias is measured", function()
